@@ -1,0 +1,45 @@
+-- `require "moonwire"`: what a handler uses besides its connections: the current loop,
+-- timers, logging, publish/subscribe, coroutines that may sleep.
+local log = require "moonwire.log"
+
+local _M = { _VERSION = "0.1.0", log = log }
+
+-- Filled in by moonwire.runtime when a loop starts (nil under a plain luajit).
+_M.loop = nil
+
+local function need_loop(what)
+  local loop = _M.loop
+  if loop == nil then
+    error(what .. " needs the moonwire runtime (run the script with `moonwire run`)", 3)
+  end
+  return loop
+end
+
+function _M.after(ms, fn)
+  return need_loop("moonwire.after").after(ms, fn)
+end
+
+function _M.every(ms, fn)
+  return need_loop("moonwire.every").every(ms, fn)
+end
+
+function _M.now()
+  return need_loop("moonwire.now").now()
+end
+
+--- Publishes msg on topic to subscribers on every loop (see moonwire.pubsub).
+function _M.publish(topic, msg)
+  return require("moonwire.pubsub").publish(topic, msg)
+end
+
+--- Runs fn(...) in a coroutine that may call moonwire.sleep(ms).
+function _M.spawn(fn, ...)
+  return need_loop("moonwire.spawn").spawn(fn, ...)
+end
+
+--- Suspends the calling coroutine (started with moonwire.spawn) for ms milliseconds.
+function _M.sleep(ms)
+  return need_loop("moonwire.sleep").sleep(ms)
+end
+
+return _M

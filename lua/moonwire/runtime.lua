@@ -1,0 +1,307 @@
+-- The Lua half of a loop: loads the handler script and returns the dispatcher that the C core
+-- calls for every event (runtime/lua_loop.c). One dispatcher call per event, with plain
+-- numbers as arguments; the handler's callbacks are looked up on every event, so a reloaded
+-- handler takes over live connections on their next event.
+local ffi = require "ffi"
+local core = require "moonwire.core"
+local mw = require "moonwire"
+local log = require "moonwire.log"
+local connmod = require "moonwire.conn"
+local pubsub = require "moonwire.pubsub"
+
+local C = core.C
+local cast = ffi.cast
+local ffi_string = ffi.string
+local type = type
+local error = error
+local pairs = pairs
+local tostring = tostring
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local co_create = coroutine.create
+local co_resume = coroutine.resume
+local co_running = coroutine.running
+local co_yield = coroutine.yield
+local traceback = debug.traceback
+local new_conn = connmod.new
+
+local u8p = ffi.typeof("const uint8_t *")
+
+-- Events, as in runtime/internal.h.
+local EV_OPEN, EV_INPUT, EV_DRAIN, EV_TIMEOUT = 1, 2, 3, 4
+local EV_CLOSE, EV_TIMER, EV_SHUTDOWN, EV_PUBLISH = 5, 6, 7, 8
+
+local _M = { _VERSION = "0.1.0" }
+
+local conns = {}     -- id -> conn
+local handler        -- the current handler table
+local loop           -- this loop's table
+local loop_ptr       -- mw_loop_t *
+local timers = {}    -- ref -> timer
+local next_ref = 0
+
+local HANDLER_FIELDS = {
+  init = "function", on_open = "function", on_data = "function", on_message = "function",
+  on_input = "function", on_drain = "function", on_timeout = "function", on_close = "function",
+  on_shutdown = "function", on_reload = "function", protocol = "table", idle_timeout = "number",
+}
+
+--- Checks a handler table; returns it, or raises an error that names the problem.
+local function validate(h, script)
+  if type(h) ~= "table" then
+    error(script .. ": a handler script must return a table of callbacks (got " .. type(h) .. ")", 0)
+  end
+  for k, want in pairs(HANDLER_FIELDS) do
+    local v = h[k]
+    if v ~= nil and type(v) ~= want and not (want == "function" and type(v) == "table"
+        and getmetatable(v) and getmetatable(v).__call) then
+      error(script .. ": handler field '" .. k .. "' must be a " .. want .. " (got " .. type(v) .. ")", 0)
+    end
+  end
+  if h.on_message and not h.protocol and not h.on_input then
+    error(script .. ": on_message needs a protocol (for example protocol = frame.lines())", 0)
+  end
+  local p = h.protocol
+  if p and type(p.decode) ~= "function" then
+    error(script .. ": protocol must have a decode(self, buf, len) method (see moonwire.frame)", 0)
+  end
+  return h
+end
+
+--- Loads a handler script in this state: compile, run its top level, validate.
+function _M.load(script, mode, static_dir)
+  local chunk, err = loadfile(script)
+  if chunk == nil then
+    error(err, 0)
+  end
+  local ok, h = xpcall(chunk, traceback)
+  if not ok then
+    error(h, 0)
+  end
+  if mode == "ws" then
+    h = require("moonwire.ws").app(h, { static = static_dir })
+  end
+  return validate(h, script)
+end
+
+-- ---- timers and coroutines ------------------------------------------------------------
+
+local timer_methods = {}
+local timer_mt = { __index = timer_methods, __name = "moonwire.timer" }
+
+function timer_methods:cancel()
+  local h = self._h
+  if h == nil then
+    return false
+  end
+  self._h = nil
+  timers[self.ref] = nil
+  C.mw_timer_cancel(h)
+  return true
+end
+
+local function start_timer(ms, every, fn, what)
+  if type(ms) ~= "number" or ms < 0 then
+    error("bad argument #1 to '" .. what .. "' (milliseconds expected)", 3)
+  end
+  if type(fn) ~= "function" then
+    error("bad argument #2 to '" .. what .. "' (function expected)", 3)
+  end
+  next_ref = next_ref + 1
+  local t = setmetatable({ ref = next_ref, fn = fn, every = every }, timer_mt)
+  local h = C.mw_timer_start(loop_ptr, ms, every and ms or 0, next_ref)
+  if h == nil then
+    return nil, "out of memory"
+  end
+  t._h = h
+  timers[next_ref] = t
+  return t
+end
+
+local function fire_timer(ref)
+  local t = timers[ref]
+  if t == nil then
+    return
+  end
+  if not t.every then
+    timers[ref] = nil
+    local h = t._h
+    t._h = nil
+    C.mw_timer_cancel(h)
+  end
+  t.fn(t)
+end
+
+local function resume(co, ...)
+  local ok, err = co_resume(co, ...)
+  if not ok then
+    log.error("coroutine failed: %s", traceback(co, tostring(err)))
+  end
+end
+
+local function spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected)", 2)
+  end
+  local co = co_create(fn)
+  resume(co, ...)
+  return co
+end
+
+local function sleep(ms)
+  local co, main = co_running()
+  if co == nil or main then
+    error("moonwire.sleep must be called inside moonwire.spawn (a callback cannot block)", 2)
+  end
+  start_timer(ms, false, function() resume(co) end, "sleep")
+  return co_yield()
+end
+
+-- ---- framing ---------------------------------------------------------------------------
+
+local function framed_input(conn, h, proto, p, n)
+  local buf = cast(u8p, p)
+  local off = 0
+  local on_message = h.on_message
+  local decode = proto.decode
+  while off < n do
+    local msg, used, err = decode(proto, buf + off, n - off)
+    if msg == nil then
+      if used == nil or used < 0 then
+        log.warn("conn %d: %s, closing", conn.id, tostring(err or "malformed frame"))
+        conn:fail(proto.error_reason or "limit")
+        return n
+      end
+      break
+    end
+    off = off + used
+    if on_message then
+      on_message(conn, msg)
+    end
+    if conn.closed or conn._paused then
+      break
+    end
+  end
+  return off
+end
+
+-- ---- the dispatcher ----------------------------------------------------------------------
+
+local function dispatch(ev, id, a, b)
+  if ev == EV_INPUT then
+    local conn = conns[id]
+    if conn == nil then
+      return b
+    end
+    local h = handler
+    local f = h.on_input
+    if f then
+      return f(conn, cast(u8p, a), b)
+    end
+    f = h.on_data
+    if f then
+      f(conn, ffi_string(a, b))
+      return b
+    end
+    local proto = h.protocol
+    if proto then
+      conn._proto = proto
+      return framed_input(conn, h, proto, a, b)
+    end
+    return b
+  elseif ev == EV_OPEN then
+    local conn = new_conn(a, id)
+    conns[id] = conn
+    local h = handler
+    conn._proto = h.protocol
+    if h.idle_timeout then
+      C.mw_conn_set_timeout(a, h.idle_timeout)
+    end
+    local f = h.on_open
+    if f then
+      f(conn)
+    end
+    return 0
+  elseif ev == EV_CLOSE then
+    local conn = conns[id]
+    if conn == nil then
+      return 0
+    end
+    conns[id] = nil
+    conn.closed = true
+    conn._c = nil
+    pubsub.unsubscribe_all(conn)
+    local f = handler.on_close
+    if f then
+      f(conn, a)
+    end
+    return 0
+  elseif ev == EV_DRAIN then
+    local conn = conns[id]
+    local f = handler.on_drain
+    if conn and f then
+      f(conn)
+    end
+    return 0
+  elseif ev == EV_TIMEOUT then
+    local conn = conns[id]
+    local f = handler.on_timeout
+    if conn and f then
+      f(conn)
+      return 1
+    end
+    return 0
+  elseif ev == EV_TIMER then
+    fire_timer(id)
+    return 0
+  elseif ev == EV_PUBLISH then
+    pubsub._deliver(id, a)
+    return 0
+  elseif ev == EV_SHUTDOWN then
+    local f = handler.on_shutdown
+    if f then
+      f(loop)
+    end
+    return 0
+  end
+  return 0
+end
+
+--- Number of open connections on this loop.
+local function count_conns()
+  local n = 0
+  for _ in pairs(conns) do
+    n = n + 1
+  end
+  return n
+end
+
+--- Called once by the C core in each loop's own thread. Returns the dispatcher.
+function _M.start(lud, id, nloops, script, mode, static_dir)
+  loop_ptr = cast("mw_loop_t *", lud)
+  loop = {
+    id = id,
+    loops = nloops,
+    script = script,
+    after = function(ms, fn) return start_timer(ms, false, fn, "after") end,
+    every = function(ms, fn) return start_timer(ms, true, fn, "every") end,
+    now = function() return C.mw_loop_now(loop_ptr) end,
+    spawn = spawn,
+    sleep = sleep,
+    log = log,
+    connections = count_conns,
+    each_connection = function() return pairs(conns) end,
+  }
+  log._set_loop(id)
+  connmod.set_loop(loop)
+  pubsub._set_loop(loop_ptr)
+  mw.loop = loop
+  handler = _M.load(script, mode, static_dir)
+  local init = handler.init
+  if init then
+    init(loop)
+  end
+  return dispatch
+end
+
+return _M

@@ -1,0 +1,749 @@
+/* Connections: reading into the loop's buffer, the write queue, closing and idle timeouts.
+ *
+ * The life of a connection:
+ *   accept -> on_open -> reads dispatched to Lua -> teardown(reason) -> on_close -> flush,
+ *   FIN, lingering read (graceful) or reset (abort) -> uv_close -> free.
+ * on_close is delivered exactly once. When teardown starts inside a Lua callback (conn:close()
+ * from a handler, a write over the hard limit) the notification is queued on the loop's
+ * pending list and delivered at the next safe point, because C never calls into Lua from an
+ * FFI call. The struct is freed only in the close callback, and only once it is off every
+ * list the loop walks. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MW_CONN_FREE_LATER (1u << 30)
+
+typedef struct write_req_s {
+    uv_write_t req;
+    mw_conn_t *conn;
+    char *base;
+    size_t cap;
+    size_t len;
+} write_req_t;
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void start_reading(mw_conn_t *c);
+static void stop_reading(mw_conn_t *c);
+static void finish_close(mw_conn_t *c);
+
+static const char *const reason_names[] = {
+    "none", "eof", "reset", "timeout", "closed", "aborted", "error", "limit", "shutdown",
+};
+
+const char *mw__reason_name(int reason) {
+    if (reason < 0 || reason > MW_REASON_SHUTDOWN)
+        return "error";
+    return reason_names[reason];
+}
+
+static size_t queued(const mw_conn_t *c) {
+    return c->out.len + c->inflight;
+}
+
+/* ---- idle timeouts ------------------------------------------------------------------
+ * One list per distinct timeout value. Every member of a list has the same timeout, so
+ * moving a connection to the tail on activity keeps the list ordered by deadline: touching
+ * is O(1) and one loop timer armed at the earliest head is enough. Nothing runs while idle. */
+
+static void tlist_remove(mw_conn_t *c) {
+    mw_tlist_t *t = c->tlist;
+    if (t == NULL)
+        return;
+    if (c->tprev)
+        c->tprev->tnext = c->tnext;
+    else
+        t->head = c->tnext;
+    if (c->tnext)
+        c->tnext->tprev = c->tprev;
+    else
+        t->tail = c->tprev;
+    c->tprev = c->tnext = NULL;
+    c->tlist = NULL;
+}
+
+static void tlist_append(mw_tlist_t *t, mw_conn_t *c) {
+    c->tlist = t;
+    c->tnext = NULL;
+    c->tprev = t->tail;
+    if (t->tail)
+        t->tail->tnext = c;
+    else
+        t->head = c;
+    t->tail = c;
+}
+
+static mw_tlist_t *tlist_for(mw_loop_t *l, unsigned ms) {
+    for (int i = 0; i < l->ntlists; i++)
+        if (l->tlists[i].ms == ms)
+            return &l->tlists[i];
+    /* Distinct timeout values are few in practice (idle, header, linger), so a flat array
+     * searched linearly is enough; members hold list pointers, re-pointed if it moves. */
+    mw_tlist_t *nt = realloc(l->tlists, sizeof *nt * (size_t)(l->ntlists + 1));
+    if (nt == NULL)
+        return NULL;
+    if (nt != l->tlists) {
+        /* Re-point every member at the moved lists. */
+        for (int i = 0; i < l->ntlists; i++)
+            for (mw_conn_t *m = nt[i].head; m; m = m->tnext)
+                m->tlist = &nt[i];
+    }
+    l->tlists = nt;
+    mw_tlist_t *t = &nt[l->ntlists++];
+    t->ms = ms;
+    t->head = t->tail = NULL;
+    return t;
+}
+
+void mw__conn_set_timeout(mw_conn_t *c, unsigned ms) {
+    mw_loop_t *l = c->loop;
+    tlist_remove(c);
+    c->timeout_ms = ms;
+    if (ms == 0)
+        return;
+    mw_tlist_t *t = tlist_for(l, ms);
+    if (t == NULL)
+        return;
+    c->deadline = uv_now(&l->uv) + ms;
+    tlist_append(t, c);
+    if (l->armed_deadline == 0 || c->deadline < l->armed_deadline)
+        mw__timeouts_arm(l);
+}
+
+static void touch(mw_conn_t *c) {
+    mw_tlist_t *t = c->tlist;
+    if (t == NULL)
+        return;
+    c->deadline = uv_now(&c->loop->uv) + c->timeout_ms;
+    if (t->tail != c) {
+        tlist_remove(c);
+        tlist_append(t, c);
+    }
+}
+
+static void on_timeout(mw_conn_t *c) {
+    mw_loop_t *l = c->loop;
+    if (c->flags & MW_CONN_CLOSING) {
+        /* The peer did not finish the close in time: drop it. */
+        finish_close(c);
+        return;
+    }
+    /* on_timeout decides (and may re-arm); without one the connection is closed. */
+    if (!mw__lua_event(l, c, MW_EV_TIMEOUT)) {
+        mw__conn_teardown(c, MW_REASON_TIMEOUT, 1);
+        return;
+    }
+    if (!(c->flags & MW_CONN_CLOSING) && c->tlist == NULL && c->timeout_ms > 0)
+        mw__conn_set_timeout(c, c->timeout_ms);
+}
+
+void mw__conn_timeouts_fire(mw_loop_t *l) {
+    uint64_t now = uv_now(&l->uv);
+    for (int i = 0; i < l->ntlists; i++) {
+        mw_tlist_t *t = &l->tlists[i];
+        /* A handler may re-arm (tail, later deadline) or close (removed) what it is given,
+         * so take the head afresh each time; each connection fires at most once per call. */
+        unsigned budget = 1u << 20;
+        while (t->head && t->head->deadline <= now && budget--) {
+            mw_conn_t *c = t->head;
+            tlist_remove(c);
+            on_timeout(c);
+            t = &l->tlists[i]; /* on_timeout may have grown the array */
+        }
+    }
+    mw__timeouts_arm(l);
+}
+
+/* ---- lists the loop walks ------------------------------------------------------------ */
+
+static void release(mw_conn_t *c) {
+    mw_loop_t *l = c->loop;
+    mw__buf_free(&l->bufcache, &c->in);
+    mw__buf_free(&l->bufcache, &c->out);
+    free(c);
+}
+
+void mw__loop_flush_add(mw_loop_t *l, mw_conn_t *c) {
+    if (c->flags & MW_CONN_IN_FLUSH)
+        return;
+    c->flags |= MW_CONN_IN_FLUSH;
+    c->flush_next = l->flush_head;
+    l->flush_head = c;
+}
+
+static void on_idle(uv_idle_t *h) {
+    (void)h; /* Only there to keep the next poll from blocking while work is pending. */
+}
+
+void mw__loop_pending_add(mw_loop_t *l, mw_conn_t *c) {
+    if (c->flags & MW_CONN_IN_PENDING)
+        return;
+    c->flags |= MW_CONN_IN_PENDING;
+    c->pending_next = NULL;
+    if (l->pending_tail)
+        l->pending_tail->pending_next = c;
+    else
+        l->pending_head = c;
+    l->pending_tail = c;
+    uv_idle_start(&l->idle, on_idle); /* make the next poll non-blocking */
+}
+
+/* ---- closing ------------------------------------------------------------------------- */
+
+static void on_closed(uv_handle_t *h) {
+    mw_conn_t *c = (mw_conn_t *)h;
+    mw_loop_t *l = c->loop;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    atomic_fetch_sub(&mw__open_conns, 1);
+    MW_STAT_ADD(l->stats.open_conns, (uint64_t)-1);
+    MW_STAT_ADD(l->stats.closed, 1);
+    if (c->flags & (MW_CONN_IN_FLUSH | MW_CONN_IN_PENDING))
+        c->flags |= MW_CONN_FREE_LATER; /* freed when the list walk reaches it */
+    else
+        release(c);
+    if (l->shutting_down && l->conns == NULL)
+        uv_stop(&l->uv);
+}
+
+static void finish_close(mw_conn_t *c) {
+    if (c->flags & MW_CONN_HANDLE_CLOSING)
+        return;
+    c->flags |= MW_CONN_HANDLE_CLOSING;
+    tlist_remove(c);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void on_shutdown_done(uv_shutdown_t *req, int status) {
+    mw_conn_t *c = req->data;
+    free(req);
+    if (status < 0 || c->reason == MW_REASON_EOF || (c->flags & MW_CONN_HANDLE_CLOSING)) {
+        finish_close(c);
+        return;
+    }
+    /* Keep reading (and discarding) until the peer's FIN so that closing never turns unread
+     * input into a reset that would destroy the reply we just flushed. The linger timeout
+     * armed at teardown bounds the wait. */
+    start_reading(c);
+}
+
+/* Called when the write queue is empty on a closing connection. */
+static void after_flush_closing(mw_conn_t *c) {
+    if (c->flags & (MW_CONN_SHUTDOWN_SENT | MW_CONN_HANDLE_CLOSING))
+        return;
+    if (c->reason == MW_REASON_EOF || c->reason == MW_REASON_RESET) {
+        finish_close(c);
+        return;
+    }
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (req == NULL) {
+        finish_close(c);
+        return;
+    }
+    req->data = c;
+    c->flags |= MW_CONN_SHUTDOWN_SENT;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown_done) < 0) {
+        free(req);
+        finish_close(c);
+    }
+}
+
+/* Continues a teardown once Lua has been told. */
+static void continue_close(mw_conn_t *c) {
+    mw_loop_t *l = c->loop;
+    if (c->flags & MW_CONN_HARD_CLOSE) {
+        mw__buf_free(&l->bufcache, &c->out);
+        if (c->reason != MW_REASON_RESET && !(c->flags & MW_CONN_HANDLE_CLOSING)) {
+            c->flags |= MW_CONN_HANDLE_CLOSING;
+            tlist_remove(c);
+            if (uv_tcp_close_reset(&c->tcp, on_closed) == 0)
+                return;
+            c->flags &= ~(uint32_t)MW_CONN_HANDLE_CLOSING;
+        }
+        finish_close(c);
+        return;
+    }
+    /* Graceful: flush, FIN, linger; bounded by the linger timeout. */
+    mw__conn_set_timeout(c, MW_LINGER_MS);
+    if (queued(c) == 0)
+        after_flush_closing(c);
+    else if (c->out.len > 0)
+        mw__loop_flush_add(l, c);
+}
+
+static void notify_close(mw_conn_t *c) {
+    if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+        return;
+    c->flags |= MW_CONN_CLOSE_NOTIFIED;
+    mw__lua_close(c->loop, c);
+}
+
+void mw__conn_teardown(mw_conn_t *c, int reason, int graceful) {
+    mw_loop_t *l = c->loop;
+    if (c->flags & MW_CONN_CLOSING) {
+        /* Already closing: an abort still upgrades a graceful close. */
+        if (!graceful && !(c->flags & MW_CONN_HARD_CLOSE)) {
+            c->flags |= MW_CONN_HARD_CLOSE;
+            if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+                continue_close(c);
+        }
+        return;
+    }
+    c->flags |= MW_CONN_CLOSING;
+    if (!graceful)
+        c->flags |= MW_CONN_HARD_CLOSE;
+    c->reason = reason;
+    switch (reason) {
+    case MW_REASON_EOF:
+        MW_STAT_ADD(l->stats.closed_eof, 1);
+        break;
+    case MW_REASON_RESET:
+        MW_STAT_ADD(l->stats.closed_reset, 1);
+        break;
+    case MW_REASON_TIMEOUT:
+        MW_STAT_ADD(l->stats.closed_timeout, 1);
+        break;
+    case MW_REASON_ERROR:
+        MW_STAT_ADD(l->stats.closed_error, 1);
+        break;
+    case MW_REASON_LIMIT:
+        MW_STAT_ADD(l->stats.closed_limit, 1);
+        break;
+    default:
+        MW_STAT_ADD(l->stats.closed_local, 1);
+        break;
+    }
+    stop_reading(c);
+    tlist_remove(c);
+    if (!(c->flags & MW_CONN_OPENED)) {
+        /* Lua never saw it (rejected before on_open): nothing to tell. */
+        c->flags |= MW_CONN_CLOSE_NOTIFIED;
+        continue_close(c);
+        return;
+    }
+    if (l->in_lua) {
+        /* Called from Lua (directly or through an FFI call): on_close at the next safe point,
+         * since C never calls into Lua from inside an FFI call. */
+        mw__loop_pending_add(l, c);
+        return;
+    }
+    notify_close(c);
+    continue_close(c);
+}
+
+void mw__conn_close_all(mw_loop_t *l, int reason) {
+    mw_conn_t *c = l->conns;
+    while (c) {
+        mw_conn_t *next = c->next;
+        if (!(c->flags & MW_CONN_CLOSING))
+            mw__conn_teardown(c, reason, 0);
+        else if (!(c->flags & MW_CONN_HANDLE_CLOSING) && (c->flags & MW_CONN_CLOSE_NOTIFIED))
+            finish_close(c);
+        c = next;
+    }
+}
+
+/* ---- reading ------------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    mw_conn_t *c = (mw_conn_t *)h;
+    mw_loop_t *l = c->loop;
+    (void)suggested;
+    if (c->in.len == 0 || (c->flags & MW_CONN_CLOSING)) {
+        buf->base = l->rbuf;
+        buf->len = MW_READ_CHUNK;
+        return;
+    }
+    /* Leftover input: read right behind it so the handler sees one contiguous run. */
+    if (mw__buf_reserve(&l->bufcache, &c->in, MW_READ_CHUNK) < 0) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = c->in.base + c->in.off + c->in.len;
+    buf->len = c->in.cap - c->in.off - c->in.len;
+}
+
+/* Offers the buffered (or just read) bytes to Lua and keeps what it did not consume. */
+static void deliver(mw_conn_t *c, const char *p, size_t n, int from_rbuf) {
+    mw_loop_t *l = c->loop;
+    long used = mw__lua_input(l, c, p, n);
+    if (c->flags & MW_CONN_CLOSING) {
+        if (!from_rbuf)
+            mw__buf_free(&l->bufcache, &c->in);
+        return;
+    }
+    if (used < 0) {
+        mw__conn_teardown(c, MW_REASON_ERROR, 1);
+        return;
+    }
+    size_t u = (size_t)used > n ? n : (size_t)used;
+    if (from_rbuf) {
+        if (u < n && mw__buf_append(&l->bufcache, &c->in, p + u, n - u) < 0) {
+            MW_LOG(MW_LOG_ERROR, l->id, "conn %.0f: out of memory buffering input, closing", c->id);
+            mw__conn_teardown(c, MW_REASON_ERROR, 0);
+            return;
+        }
+    } else {
+        mw__buf_consume(&l->bufcache, &c->in, u);
+    }
+    if (c->in.len > mw__config.max_input) {
+        MW_LOG(MW_LOG_WARN, l->id,
+               "conn %.0f: input buffer over limit (%zu bytes unconsumed > max-input %zu), closing",
+               c->id, c->in.len, mw__config.max_input);
+        mw__conn_teardown(c, MW_REASON_LIMIT, 0);
+    }
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    mw_conn_t *c = (mw_conn_t *)s;
+    mw_loop_t *l = c->loop;
+    if (nread == 0)
+        return;
+    if (c->flags & MW_CONN_CLOSING) {
+        /* Lingering after our FIN: discard until the peer closes. */
+        if (nread < 0)
+            finish_close(c);
+        else if (buf->base != l->rbuf)
+            c->in.len += (size_t)nread, mw__buf_free(&l->bufcache, &c->in);
+        return;
+    }
+    if (nread < 0) {
+        int reason = nread == UV_EOF          ? MW_REASON_EOF
+                     : nread == UV_ECONNRESET ? MW_REASON_RESET
+                                              : MW_REASON_ERROR;
+        if (reason == MW_REASON_ERROR)
+            MW_LOG(nread == UV_ENOBUFS ? MW_LOG_ERROR : MW_LOG_INFO, l->id,
+                   "conn %.0f: read error: %s", c->id, uv_strerror((int)nread));
+        mw__conn_teardown(c, reason, reason == MW_REASON_EOF);
+        return;
+    }
+    MW_STAT_ADD(l->stats.bytes_in, (uint64_t)nread);
+    MW_STAT_ADD(l->stats.reads, 1);
+    touch(c);
+    if (buf->base == l->rbuf) {
+        deliver(c, l->rbuf, (size_t)nread, 1);
+    } else {
+        c->in.len += (size_t)nread;
+        deliver(c, c->in.base + c->in.off, c->in.len, 0);
+    }
+}
+
+static void start_reading(mw_conn_t *c) {
+    if (c->flags & (MW_CONN_READING | MW_CONN_HANDLE_CLOSING))
+        return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->flags |= MW_CONN_READING;
+}
+
+static void stop_reading(mw_conn_t *c) {
+    if (!(c->flags & MW_CONN_READING))
+        return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->flags &= ~(uint32_t)MW_CONN_READING;
+}
+
+static void update_reading(mw_conn_t *c) {
+    if (c->flags & (MW_CONN_CLOSING | MW_CONN_PAUSED | MW_CONN_BACKPRESSURE))
+        stop_reading(c);
+    else
+        start_reading(c);
+}
+
+/* ---- writing ------------------------------------------------------------------------- */
+
+static void queue_drained(mw_conn_t *c) {
+    if (c->flags & MW_CONN_CLOSING) {
+        after_flush_closing(c);
+        return;
+    }
+    if (c->flags & MW_CONN_BACKPRESSURE) {
+        c->flags &= ~(uint32_t)MW_CONN_BACKPRESSURE;
+        update_reading(c);
+        if (c->in.len > 0 && !(c->flags & MW_CONN_PAUSED)) {
+            c->flags |= MW_CONN_REDISPATCH;
+            mw__loop_pending_add(c->loop, c);
+        }
+    }
+    if (c->flags & MW_CONN_WANT_DRAIN) {
+        c->flags &= ~(uint32_t)MW_CONN_WANT_DRAIN;
+        mw__lua_event(c->loop, c, MW_EV_DRAIN);
+    }
+}
+
+static void on_written(uv_write_t *req, int status) {
+    write_req_t *wr = (write_req_t *)req;
+    mw_conn_t *c = wr->conn;
+    mw_loop_t *l = c->loop;
+    c->inflight -= wr->len;
+    mw__block_free(&l->bufcache, wr->base, wr->cap);
+    free(wr);
+    if (status == UV_ECANCELED || (c->flags & MW_CONN_HANDLE_CLOSING))
+        return;
+    if (status < 0) {
+        MW_LOG(MW_LOG_DEBUG, l->id, "conn %.0f: write error: %s", c->id, uv_strerror(status));
+        c->flags |= MW_CONN_SHUTDOWN_SENT; /* no FIN on a broken pipe */
+        mw__conn_teardown(c, status == UV_ECONNRESET ? MW_REASON_RESET : MW_REASON_ERROR, 0);
+        if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+            finish_close(c);
+        return;
+    }
+    touch(c);
+    if (queued(c) == 0)
+        queue_drained(c);
+}
+
+/* Hands the output buffer to the kernel: try a direct write, and give what is left to a
+ * uv_write request that takes ownership of the buffer. */
+static void flush(mw_conn_t *c) {
+    mw_loop_t *l = c->loop;
+    if (c->out.len == 0 || (c->flags & (MW_CONN_HANDLE_CLOSING | MW_CONN_SHUTDOWN_SENT)))
+        return;
+    size_t n = c->out.len;
+    if (c->inflight == 0) {
+        uv_buf_t b = uv_buf_init(c->out.base + c->out.off, (unsigned)n);
+        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (w > 0) {
+            MW_STAT_ADD(l->stats.bytes_out, (uint64_t)w);
+            MW_STAT_ADD(l->stats.writes, 1);
+            if ((size_t)w == n) {
+                mw__buf_free(&l->bufcache, &c->out);
+                queue_drained(c);
+                return;
+            }
+            c->out.off += (size_t)w;
+            c->out.len -= (size_t)w;
+        } else if (w != UV_EAGAIN) {
+            c->flags |= MW_CONN_SHUTDOWN_SENT;
+            mw__buf_free(&l->bufcache, &c->out);
+            mw__conn_teardown(c, w == UV_ECONNRESET ? MW_REASON_RESET : MW_REASON_ERROR, 0);
+            if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+                finish_close(c);
+            return;
+        }
+    }
+    write_req_t *wr = malloc(sizeof *wr);
+    if (wr == NULL)
+        return; /* stays queued; retried on the next flush */
+    wr->conn = c;
+    wr->base = c->out.base;
+    wr->cap = c->out.cap;
+    wr->len = c->out.len;
+    uv_buf_t b = uv_buf_init(c->out.base + c->out.off, (unsigned)c->out.len);
+    c->out.base = NULL;
+    c->out.off = c->out.len = c->out.cap = 0;
+    c->inflight += wr->len;
+    MW_STAT_ADD(l->stats.bytes_out, wr->len);
+    MW_STAT_ADD(l->stats.writes, 1);
+    int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    if (rc < 0) {
+        c->inflight -= wr->len;
+        mw__block_free(&l->bufcache, wr->base, wr->cap);
+        free(wr);
+        c->flags |= MW_CONN_SHUTDOWN_SENT;
+        mw__conn_teardown(c, MW_REASON_ERROR, 0);
+        if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+            finish_close(c);
+    }
+}
+
+void mw__conn_flush_all(mw_loop_t *l) {
+    mw_conn_t *c = l->flush_head;
+    l->flush_head = NULL;
+    while (c) {
+        mw_conn_t *next = c->flush_next;
+        c->flags &= ~(uint32_t)MW_CONN_IN_FLUSH;
+        if (c->flags & MW_CONN_FREE_LATER) {
+            if (!(c->flags & MW_CONN_IN_PENDING))
+                release(c);
+        } else {
+            flush(c);
+        }
+        c = next;
+    }
+}
+
+void mw__conn_run_pending(mw_loop_t *l) {
+    /* Work queued while running this list (a resume from a callback, say) waits for the
+     * next turn, so a handler cannot keep the loop here forever. */
+    mw_conn_t *c = l->pending_head;
+    l->pending_head = l->pending_tail = NULL;
+    while (c) {
+        mw_conn_t *next = c->pending_next;
+        c->flags &= ~(uint32_t)MW_CONN_IN_PENDING;
+        if (c->flags & MW_CONN_FREE_LATER) {
+            if (!(c->flags & MW_CONN_IN_FLUSH))
+                release(c);
+        } else if (c->flags & MW_CONN_CLOSING) {
+            if (!(c->flags & MW_CONN_CLOSE_NOTIFIED)) {
+                notify_close(c);
+                continue_close(c);
+            }
+        } else if (c->flags & MW_CONN_REDISPATCH) {
+            c->flags &= ~(uint32_t)MW_CONN_REDISPATCH;
+            if (c->in.len > 0 && !(c->flags & (MW_CONN_PAUSED | MW_CONN_BACKPRESSURE)))
+                deliver(c, c->in.base + c->in.off, c->in.len, 0);
+        }
+        c = next;
+    }
+    if (l->pending_head == NULL)
+        uv_idle_stop(&l->idle);
+}
+
+/* ---- accepting ----------------------------------------------------------------------- */
+
+static void setup(mw_loop_t *l, mw_conn_t *c) {
+    c->loop = l;
+    c->id = ++l->next_conn_id;
+    c->next = l->conns;
+    if (l->conns)
+        l->conns->prev = c;
+    l->conns = c;
+    MW_STAT_ADD(l->stats.accepted, 1);
+    MW_STAT_ADD(l->stats.open_conns, 1);
+    long open = atomic_fetch_add(&mw__open_conns, 1) + 1;
+    if (open > mw__config.max_conns || l->shutting_down) {
+        static _Atomic uint64_t last_warn;
+        uint64_t now = uv_now(&l->uv);
+        if (now - atomic_load(&last_warn) >= 1000) {
+            atomic_store(&last_warn, now);
+            MW_LOG(MW_LOG_WARN, l->id, "connection limit reached (max-conns %ld), rejecting",
+                   mw__config.max_conns);
+        }
+        MW_STAT_ADD(l->stats.rejected, 1);
+        c->flags |= MW_CONN_CLOSING | MW_CONN_CLOSE_NOTIFIED;
+        c->reason = MW_REASON_LIMIT;
+        finish_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->flags |= MW_CONN_OPENED;
+    mw__lua_open(l, c);
+    if (c->flags & MW_CONN_CLOSING)
+        return;
+    if (c->timeout_ms == 0 && mw__config.idle_timeout_ms > 0)
+        mw__conn_set_timeout(c, mw__config.idle_timeout_ms);
+    update_reading(c);
+}
+
+void mw__conn_accept(mw_loop_t *l, uv_stream_t *server) {
+    mw_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        MW_LOG(MW_LOG_ERROR, l->id, "out of memory accepting a connection");
+        return;
+    }
+    uv_tcp_init(&l->uv, &c->tcp);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        c->loop = l;
+        c->flags |= MW_CONN_HANDLE_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    setup(l, c);
+}
+
+void mw__conn_adopt(mw_loop_t *l, int fd) {
+    mw_conn_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    uv_tcp_init(&l->uv, &c->tcp);
+    if (uv_tcp_open(&c->tcp, fd) < 0) {
+        close(fd);
+        c->loop = l;
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    setup(l, c);
+}
+
+/* ---- the FFI surface ------------------------------------------------------------------ */
+
+int mw_conn_write(mw_conn_t *c, const char *p, size_t n) {
+    mw_loop_t *l = c->loop;
+    if (c->flags & MW_CONN_CLOSING)
+        return -EPIPE;
+    if (n == 0)
+        return queued(c) > mw__config.high_water;
+    if (queued(c) + n > mw__config.max_write_queue) {
+        MW_LOG(MW_LOG_WARN, l->id,
+               "conn %.0f: write queue over limit (%zu bytes queued > max-write-queue %zu), "
+               "closing",
+               c->id, queued(c) + n, mw__config.max_write_queue);
+        mw__conn_teardown(c, MW_REASON_LIMIT, 0);
+        return -ENOBUFS;
+    }
+    if (mw__buf_append(&l->bufcache, &c->out, p, n) < 0)
+        return -ENOMEM;
+    mw__loop_flush_add(l, c);
+    if (queued(c) > mw__config.high_water) {
+        c->flags |= MW_CONN_WANT_DRAIN | MW_CONN_BACKPRESSURE;
+        update_reading(c);
+        return 1;
+    }
+    return 0;
+}
+
+void mw_conn_close(mw_conn_t *c) {
+    mw__conn_teardown(c, MW_REASON_CLOSED, 1);
+}
+
+void mw_conn_abort(mw_conn_t *c) {
+    mw__conn_teardown(c, MW_REASON_ABORTED, 0);
+}
+
+void mw_conn_fail(mw_conn_t *c, int reason) {
+    if (reason != MW_REASON_LIMIT)
+        reason = MW_REASON_ERROR;
+    mw__conn_teardown(c, reason, 1);
+}
+
+void mw_conn_pause(mw_conn_t *c) {
+    c->flags |= MW_CONN_PAUSED;
+    update_reading(c);
+}
+
+void mw_conn_resume(mw_conn_t *c) {
+    if (!(c->flags & MW_CONN_PAUSED))
+        return;
+    c->flags &= ~(uint32_t)MW_CONN_PAUSED;
+    update_reading(c);
+    if (c->in.len > 0 && !(c->flags & MW_CONN_CLOSING)) {
+        c->flags |= MW_CONN_REDISPATCH;
+        mw__loop_pending_add(c->loop, c);
+    }
+}
+
+int mw_conn_peer(mw_conn_t *c, char *ip, size_t iplen, int *port) {
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    int rc = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len);
+    if (rc < 0)
+        return rc;
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        *port = ntohs(a->sin6_port);
+        return uv_ip6_name(a, ip, iplen);
+    }
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    *port = ntohs(a->sin_port);
+    return uv_ip4_name(a, ip, iplen);
+}
+
+void mw_conn_set_timeout(mw_conn_t *c, unsigned ms) {
+    if (c->flags & MW_CONN_CLOSING)
+        return;
+    mw__conn_set_timeout(c, ms);
+}
+
+size_t mw_conn_queued(mw_conn_t *c) {
+    return queued(c);
+}

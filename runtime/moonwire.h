@@ -1,0 +1,62 @@
+/* moonwire's C API for Lua.
+ *
+ * These functions are called from Lua through LuaJIT's FFI (lua/moonwire/core.lua holds the
+ * matching ffi.cdef and checks MW_ABI_VERSION). None of them ever calls back into Lua: work
+ * that needs Lua (on_close after a close, re-dispatching buffered input after a resume) is
+ * queued and done by the loop at a safe point between callbacks.
+ *
+ * Connection and timer pointers stay valid until Lua has been told they are gone (on_close
+ * for a connection, cancel or a one-shot firing for a timer).
+ */
+#ifndef MOONWIRE_H
+#define MOONWIRE_H
+
+#include <stddef.h>
+
+#define MW_ABI_VERSION 1
+
+typedef struct mw_loop_s mw_loop_t;
+typedef struct mw_conn_s mw_conn_t;
+typedef struct mw_timer_s mw_timer_t;
+
+int mw_abi_version(void);
+
+/* Queues n bytes for writing (copied). Returns 0, 1 when the write queue is now over its
+ * high-water mark (the bytes are still queued; on_drain follows when it empties), or a
+ * negative errno: -EPIPE when the connection is closing, -ENOBUFS when the queue went over its
+ * hard limit (the connection is then closed with reason "limit"). */
+int mw_conn_write(mw_conn_t *c, const char *p, size_t n);
+/* Flushes what is queued, then closes. on_close(conn, "closed") follows at a safe point. */
+void mw_conn_close(mw_conn_t *c);
+/* Drops the queue and resets the connection. on_close(conn, "aborted") follows. */
+void mw_conn_abort(mw_conn_t *c);
+/* Flushes then closes with reason 6 ("error") or 7 ("limit"): a protocol failure. */
+void mw_conn_fail(mw_conn_t *c, int reason);
+void mw_conn_pause(mw_conn_t *c);
+void mw_conn_resume(mw_conn_t *c);
+/* Writes the peer address into ip (NUL-terminated) and *port. Returns 0 or a negative errno. */
+int mw_conn_peer(mw_conn_t *c, char *ip, size_t iplen, int *port);
+/* Idle timeout in milliseconds, re-armed by every read; 0 disables it. */
+void mw_conn_set_timeout(mw_conn_t *c, unsigned ms);
+size_t mw_conn_queued(mw_conn_t *c);
+
+/* Starts a timer that fires after ms and then every repeat ms (0: once). ref is handed back
+ * to Lua when it fires. Returns NULL on failure. */
+mw_timer_t *mw_timer_start(mw_loop_t *l, double ms, double repeat, double ref);
+/* Stops a timer and frees it; the pointer is invalid afterwards. */
+void mw_timer_cancel(mw_timer_t *t);
+
+/* The loop's cached time in milliseconds. */
+double mw_loop_now(mw_loop_t *l);
+/* Loop time updated to now (a clock read). */
+double mw_loop_update_time(mw_loop_t *l);
+
+/* One log line (level 0 debug .. 3 error) tagged with the loop id. */
+void mw_log_write(int level, int loop_id, const char *msg);
+int mw_log_get_level(void);
+
+/* Publishes msg on topic to every loop (including this one). The bytes are copied; delivery
+ * happens after the current callback, batched per loop turn. Returns 0 or -ENOMEM. */
+int mw_publish(mw_loop_t *l, const char *topic, size_t tlen, const char *msg, size_t mlen);
+
+#endif
