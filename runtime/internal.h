@@ -80,6 +80,7 @@ typedef struct mw_config_s {
     unsigned idle_timeout_ms;
     unsigned drain_timeout_ms;
     int watch;
+    const char *pid_file;
 } mw_config_t;
 
 extern mw_config_t mw__config;
@@ -110,6 +111,7 @@ enum {
     MW_MSG_STOP,         /* drain timeout over: close everything now */
     MW_MSG_FD,           /* single-acceptor fallback: adopt an accepted socket */
     MW_MSG_PUBLISH,      /* pubsub delivery */
+    MW_MSG_RELOAD,       /* reload the handler at the next safe point */
 };
 
 /* A published message, shared by every loop it is delivered to. */
@@ -238,6 +240,9 @@ struct mw_loop_s {
     /* pubsub outbox: messages published during this turn, sent before the loop sleeps */
     mw_blob_t **outbox;
     int outbox_n, outbox_cap;
+    /* reload status, written by the loop under mbox_lock, read by the admin side */
+    double generation;
+    char reload_error[512];
     /* start-up handshake with the main thread */
     int init_status;
     char init_error[512];
@@ -277,6 +282,7 @@ void mw__lua_close(mw_loop_t *l, mw_conn_t *c);
 void mw__lua_timer(mw_loop_t *l, double ref);
 void mw__lua_shutdown(mw_loop_t *l);
 void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
+void mw__lua_reload(mw_loop_t *l);
 
 /* Events delivered to the Lua dispatcher; mirrored in lua/moonwire/runtime.lua. */
 enum {
@@ -288,6 +294,7 @@ enum {
     MW_EV_TIMER,
     MW_EV_SHUTDOWN,
     MW_EV_PUBLISH,
+    MW_EV_RELOAD,
 };
 
 uint64_t mw__now_ms(void);
@@ -295,6 +302,14 @@ uint64_t mw__now_ms(void);
 /* ---- process (main.c, cpu.c) -------------------------------------------------------- */
 
 void mw__main_notify_exit(void);
+void mw__reload_all(void);
+int mw__ctl_main(int argc, char **argv);
+
+/* ---- file watching for hot reload (watch.c) ---------------------------------------- */
+
+int mw__watch_start(uv_loop_t *loop);
+void mw__watch_stop(void);
+void mw__watch_free(void);
 int mw__cpu_auto(const char *cpu_max_path, char *why, size_t whylen);
 
 #endif

@@ -109,6 +109,7 @@ static void on_async(uv_async_t *a) {
     l->mbox_npub = 0;
     pthread_mutex_unlock(&l->mbox_lock);
     MW_STAT_ADD(l->stats.wakeups, 1);
+    int reload = 0;
     while (m) {
         mw_msg_t *next = m->next;
         switch (m->type) {
@@ -128,10 +129,26 @@ static void on_async(uv_async_t *a) {
         case MW_MSG_PUBLISH:
             mw__pubsub_deliver(l, m->blob);
             break;
+        case MW_MSG_RELOAD:
+            reload = 1; /* several requests in one batch make one reload */
+            break;
         }
         free(m);
         m = next;
     }
+    if (reload && !l->shutting_down)
+        mw__lua_reload(l);
+}
+
+void mw__reload_all(void) {
+    mw__loop_post_all(MW_MSG_RELOAD);
+}
+
+void mw_loop_set_status(mw_loop_t *l, double generation, const char *err) {
+    pthread_mutex_lock(&l->mbox_lock);
+    l->generation = generation;
+    snprintf(l->reload_error, sizeof l->reload_error, "%s", err ? err : "");
+    pthread_mutex_unlock(&l->mbox_lock);
 }
 
 static void on_prepare(uv_prepare_t *p) {

@@ -118,6 +118,12 @@ void mw__lua_publish(mw_loop_t *l, mw_blob_t *b) {
     call(l, NULL, 3);
 }
 
+void mw__lua_reload(mw_loop_t *l) {
+    lua_State *L = l->L;
+    push_event(L, MW_EV_RELOAD);
+    call(l, NULL, 1);
+}
+
 static void set_path(lua_State *L, const char *script_dir) {
     const char *lua_dir = mw__config.lua_dir;
     lua_getglobal(L, "package");
@@ -166,7 +172,8 @@ int mw__lua_start(mw_loop_t *l, char *err, size_t errlen) {
         lua_pushstring(L, mw__config.static_dir);
     else
         lua_pushnil(L);
-    if (lua_pcall(L, 6, 1, SLOT_TRACEBACK) != 0) {
+    lua_pushstring(L, mw__config.lua_dir);
+    if (lua_pcall(L, 7, 1, SLOT_TRACEBACK) != 0) {
         /* The first line carries file:line and the message; the traceback is noise here. */
         const char *msg = lua_tostring(L, -1);
         const char *nl = msg ? strstr(msg, "\nstack traceback:") : NULL;

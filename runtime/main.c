@@ -25,6 +25,8 @@ static const char usage[] =
     "commands:\n"
     "  run SCRIPT            serve the handler SCRIPT\n"
     "  ws SCRIPT             serve a WebSocket handler at / (with --static DIR for files)\n"
+    "  reload                reload a running server's handler (--pid, --pid-file, --admin)\n"
+    "  status, top, profile  read a running server's admin listener (--admin HOST:PORT)\n"
     "  help                  show this help\n"
     "  version               show the version\n"
     "\n"
@@ -39,6 +41,8 @@ static const char usage[] =
     "  --idle-timeout MS     close connections idle this long; 0 = never (default 0)\n"
     "  --drain-timeout MS    on SIGTERM, wait this long for connections (default 5000)\n"
     "  --no-reuseport        one loop accepts and hands connections to the others\n"
+    "  --no-watch            do not reload when the handler or its modules change\n"
+    "  --pid-file PATH       write the process id there (for moonwire reload)\n"
     "  --static DIR          (ws) directory served over HTTP next to the WebSocket\n"
     "  --log-level LEVEL     debug, info, warn, error or off (default info)\n"
     "  --lua-dir DIR         where the moonwire Lua library lives\n"
@@ -163,7 +167,8 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
 static void on_hup(uv_signal_t *h, int signum) {
     (void)h;
     (void)signum;
-    mw__log(MW_LOG_INFO, 0, "SIGHUP received");
+    mw__log(MW_LOG_INFO, 0, "SIGHUP: reloading");
+    mw__reload_all();
 }
 
 static void on_loops_done(uv_async_t *a) {
@@ -173,6 +178,7 @@ static void on_loops_done(uv_async_t *a) {
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
     uv_close((uv_handle_t *)a, NULL);
+    mw__watch_stop();
 }
 
 void mw__main_notify_exit(void) {
@@ -182,6 +188,9 @@ void mw__main_notify_exit(void) {
 
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && (strcmp(argv[1], "reload") == 0 || strcmp(argv[1], "status") == 0 ||
+                     strcmp(argv[1], "top") == 0 || strcmp(argv[1], "profile") == 0))
+        return mw__ctl_main(argc, argv);
     mw__config.mode = "run";
     snprintf(mw__config.host, sizeof mw__config.host, "127.0.0.1");
     mw__config.port = 9000;
@@ -245,6 +254,9 @@ int main(int argc, char **argv) {
             mw__config.reuseport = 0;
         } else if (strcmp(a, "--no-watch") == 0) {
             mw__config.watch = 0;
+        } else if (strcmp(a, "--pid-file") == 0) {
+            NEEDV();
+            mw__config.pid_file = v;
         } else if (strcmp(a, "--static") == 0) {
             NEEDV();
             mw__config.static_dir = v;
@@ -315,8 +327,18 @@ int main(int argc, char **argv) {
     uv_signal_init(main_loop, &sig_hup);
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
 
+    if (mw__config.watch)
+        mw__watch_start(main_loop);
     if (mw__loop_start_all() < 0)
         return 1;
+    if (mw__config.pid_file) {
+        FILE *pf = fopen(mw__config.pid_file, "w");
+        if (pf == NULL)
+            mw__log(MW_LOG_WARN, 0, "cannot write --pid-file %s: %s", mw__config.pid_file,
+                    strerror(errno));
+        else
+            fprintf(pf, "%ld\n", (long)getpid()), fclose(pf);
+    }
     const char *host_fmt = strchr(mw__config.host, ':') ? "[%s]" : "%s";
     char hostbuf[80];
     snprintf(hostbuf, sizeof hostbuf, host_fmt, mw__config.host);
@@ -326,6 +348,9 @@ int main(int argc, char **argv) {
 
     uv_run(main_loop, UV_RUN_DEFAULT);
     mw__loop_join_all();
+    mw__watch_free();
+    if (mw__config.pid_file)
+        unlink(mw__config.pid_file);
     uv_loop_close(main_loop);
     free(mw__loops);
     mw__log(MW_LOG_INFO, 0, "stopped");

@@ -59,4 +59,10 @@ int mw_log_get_level(void);
  * happens after the current callback, batched per loop turn. Returns 0 or -ENOMEM. */
 int mw_publish(mw_loop_t *l, const char *topic, size_t tlen, const char *msg, size_t mlen);
 
+/* Reload bookkeeping: the loop's handler generation and its last reload error ("" or NULL
+ * when the last reload succeeded), shown by status and metrics. */
+void mw_loop_set_status(mw_loop_t *l, double generation, const char *err);
+/* Asks the main thread to watch a file (absolute path) and reload when it changes. */
+void mw_watch_file(const char *path);
+
 #endif

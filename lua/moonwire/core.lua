@@ -28,7 +28,11 @@ void mw_log_write(int level, int loop_id, const char *msg);
 int mw_log_get_level(void);
 int mw_publish(mw_loop_t *l, const char *topic, size_t tlen, const char *msg, size_t mlen);
 
+void mw_loop_set_status(mw_loop_t *l, double generation, const char *err);
+void mw_watch_file(const char *path);
+
 void *memchr(const void *s, int c, size_t n);
+char *getcwd(char *buf, size_t size);
 ]]
 
 local C = ffi.C

@@ -2,6 +2,9 @@
 -- timers, logging, publish/subscribe, coroutines that may sleep.
 local log = require "moonwire.log"
 
+local type = type
+local error = error
+
 local _M = { _VERSION = "0.1.0", log = log }
 
 -- Filled in by moonwire.runtime when a loop starts (nil under a plain luajit).
@@ -30,6 +33,30 @@ end
 --- Publishes msg on topic to subscribers on every loop (see moonwire.pubsub).
 function _M.publish(topic, msg)
   return require("moonwire.pubsub").publish(topic, msg)
+end
+
+-- Per-loop stores: state that must outlive a reload (module upvalues do not).
+local stores = {}
+
+--- Returns the loop's store called name, creating it with init_fn() (or {}) the first time.
+-- The same table is returned after every reload of the handler.
+function _M.store(name, init_fn)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'store' (name string expected)", 2)
+  end
+  local s = stores[name]
+  if s == nil then
+    if init_fn ~= nil then
+      s = init_fn()
+      if s == nil then
+        error("store '" .. name .. "': init function returned nil", 2)
+      end
+    else
+      s = {}
+    end
+    stores[name] = s
+  end
+  return s
 end
 
 --- Runs fn(...) in a coroutine that may call moonwire.sleep(ms).

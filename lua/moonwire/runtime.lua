@@ -29,7 +29,7 @@ local u8p = ffi.typeof("const uint8_t *")
 
 -- Events, as in runtime/internal.h.
 local EV_OPEN, EV_INPUT, EV_DRAIN, EV_TIMEOUT = 1, 2, 3, 4
-local EV_CLOSE, EV_TIMER, EV_SHUTDOWN, EV_PUBLISH = 5, 6, 7, 8
+local EV_CLOSE, EV_TIMER, EV_SHUTDOWN, EV_PUBLISH, EV_RELOAD = 5, 6, 7, 8, 9
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -39,6 +39,9 @@ local loop           -- this loop's table
 local loop_ptr       -- mw_loop_t *
 local timers = {}    -- ref -> timer
 local next_ref = 0
+local generation = 1 -- bumped by every successful reload
+local script_path, run_mode, static_path, lib_dir
+local app_modules = {} -- module name -> file, for modules loaded from the application's dirs
 
 local HANDLER_FIELDS = {
   init = "function", on_open = "function", on_data = "function", on_message = "function",
@@ -66,6 +69,49 @@ local function validate(h, script)
     error(script .. ": protocol must have a decode(self, buf, len) method (see moonwire.frame)", 0)
   end
   return h
+end
+
+-- ---- application modules -------------------------------------------------------------
+-- A searcher placed before Lua's own file searcher records which modules come from the
+-- application (anything outside the moonwire library and system directories): those are
+-- watched, and reloaded with the handler.
+
+local cwd_buf = ffi.new("char[4096]")
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then
+    return path
+  end
+  local cwd = C.getcwd(cwd_buf, 4096) ~= nil and ffi_string(cwd_buf) or "."
+  return (cwd .. "/" .. path):gsub("/%./", "/")
+end
+
+local function is_library(path)
+  return (lib_dir and path:sub(1, #lib_dir + 1) == lib_dir .. "/") or path:sub(1, 5) == "/usr/"
+end
+
+local function watch(path)
+  if core.in_runtime then
+    C.mw_watch_file(path)
+  end
+end
+
+local function app_searcher(name)
+  local path = package.searchpath(name, package.path)
+  if path == nil then
+    return nil
+  end
+  path = absolute(path)
+  if is_library(path) then
+    return nil
+  end
+  watch(path)
+  local chunk, err = loadfile(path)
+  if chunk == nil then
+    error(err, 0)
+  end
+  app_modules[name] = path
+  return chunk
 end
 
 --- Loads a handler script in this state: compile, run its top level, validate.
@@ -100,7 +146,7 @@ function timer_methods:cancel()
   return true
 end
 
-local function start_timer(ms, every, fn, what)
+local function start_timer(ms, every, fn, what, opts)
   if type(ms) ~= "number" or ms < 0 then
     error("bad argument #1 to '" .. what .. "' (milliseconds expected)", 3)
   end
@@ -108,7 +154,8 @@ local function start_timer(ms, every, fn, what)
     error("bad argument #2 to '" .. what .. "' (function expected)", 3)
   end
   next_ref = next_ref + 1
-  local t = setmetatable({ ref = next_ref, fn = fn, every = every }, timer_mt)
+  local t = setmetatable({ ref = next_ref, fn = fn, every = every, gen = generation,
+    persist = opts ~= nil and opts.persist or nil }, timer_mt)
   local h = C.mw_timer_start(loop_ptr, ms, every and ms or 0, next_ref)
   if h == nil then
     return nil, "out of memory"
@@ -153,7 +200,8 @@ local function sleep(ms)
   if co == nil or main then
     error("moonwire.sleep must be called inside moonwire.spawn (a callback cannot block)", 2)
   end
-  start_timer(ms, false, function() resume(co) end, "sleep")
+  -- A sleep is part of a running coroutine: it survives reloads and finishes its old code.
+  start_timer(ms, false, function() resume(co) end, "sleep", { persist = true })
   return co_yield()
 end
 
@@ -183,6 +231,63 @@ local function framed_input(conn, h, proto, p, n)
     end
   end
   return off
+end
+
+-- ---- reload -------------------------------------------------------------------------------
+
+local function first_line(msg)
+  msg = tostring(msg)
+  return msg:match("^([^\n]*)") or msg
+end
+
+--- Reloads the handler in this loop. All or nothing: the new code is compiled and its top
+-- level run with the application's modules loaded afresh; on any error the previous modules
+-- are put back and the old handler keeps serving.
+function _M.reload()
+  local saved = {}
+  for name in pairs(app_modules) do
+    saved[name] = package.loaded[name]
+    package.loaded[name] = nil
+  end
+  local old_modules = app_modules
+  app_modules = {}
+  local ok, h = xpcall(_M.load, traceback, script_path, run_mode, static_path)
+  if not ok then
+    for name in pairs(app_modules) do
+      package.loaded[name] = nil
+    end
+    for name, mod in pairs(saved) do
+      package.loaded[name] = mod
+    end
+    app_modules = old_modules
+    local msg = first_line(h)
+    -- One line for the whole server: every loop compiles the same files.
+    log.write(loop.id == 1 and log.ERROR or log.DEBUG,
+      "reload failed, generation %d keeps serving: %s", generation, msg)
+    C.mw_loop_set_status(loop_ptr, generation, msg)
+    return false, msg
+  end
+  local old = handler
+  generation = generation + 1
+  loop.generation = generation
+  handler = h
+  local cancelled = 0
+  for _, t in pairs(timers) do
+    if not t.persist and t.gen < generation then
+      t:cancel()
+      cancelled = cancelled + 1
+    end
+  end
+  log.write(loop.id == 1 and log.INFO or log.DEBUG, "reloaded %s: generation %d%s", script_path,
+    generation, cancelled > 0 and (", cancelled " .. cancelled .. " timer(s) of the old code") or "")
+  C.mw_loop_set_status(loop_ptr, generation, "")
+  if h.init then
+    h.init(loop)
+  end
+  if h.on_reload then
+    h.on_reload(old, loop)
+  end
+  return true
 end
 
 -- ---- the dispatcher ----------------------------------------------------------------------
@@ -257,6 +362,9 @@ local function dispatch(ev, id, a, b)
   elseif ev == EV_PUBLISH then
     pubsub._deliver(id, a)
     return 0
+  elseif ev == EV_RELOAD then
+    _M.reload()
+    return 0
   elseif ev == EV_SHUTDOWN then
     local f = handler.on_shutdown
     if f then
@@ -277,14 +385,17 @@ local function count_conns()
 end
 
 --- Called once by the C core in each loop's own thread. Returns the dispatcher.
-function _M.start(lud, id, nloops, script, mode, static_dir)
+function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   loop_ptr = cast("mw_loop_t *", lud)
+  script_path, run_mode, static_path, lib_dir = script, mode, static_dir, lua_dir
+  table.insert(package.loaders, 2, app_searcher)
   loop = {
     id = id,
     loops = nloops,
     script = script,
-    after = function(ms, fn) return start_timer(ms, false, fn, "after") end,
-    every = function(ms, fn) return start_timer(ms, true, fn, "every") end,
+    generation = generation,
+    after = function(ms, fn, opts) return start_timer(ms, false, fn, "after", opts) end,
+    every = function(ms, fn, opts) return start_timer(ms, true, fn, "every", opts) end,
     now = function() return C.mw_loop_now(loop_ptr) end,
     spawn = spawn,
     sleep = sleep,
@@ -296,7 +407,9 @@ function _M.start(lud, id, nloops, script, mode, static_dir)
   connmod.set_loop(loop)
   pubsub._set_loop(loop_ptr)
   mw.loop = loop
+  watch(script)
   handler = _M.load(script, mode, static_dir)
+  C.mw_loop_set_status(loop_ptr, generation, "")
   local init = handler.init
   if init then
     init(loop)

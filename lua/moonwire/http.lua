@@ -1,0 +1,720 @@
+-- moonwire.http: an HTTP/1.1 server and router written as a moonwire
+-- handler.
+--
+--     local http = require "moonwire.http"
+--     local app = http.router()
+--     app:get("/", function(req, res) res:send("Hello, World!") end)
+--     return app
+--
+-- An app is a handler table: the core calls app.on_open, app.on_input and
+-- friends.  Everything that belongs to a connection (parse position, the
+-- request being read, the response being written) lives in conn._http, not
+-- in the app, because after a hot reload a new app receives the events of
+-- connections that an older app accepted.
+
+local ffi = require "ffi"
+local buffer = require "string.buffer"
+local parser = require "moonwire.http.parser"
+local request = require "moonwire.http.request"
+local response = require "moonwire.http.response"
+local router = require "moonwire.http.router"
+local static = require "moonwire.http.static"
+
+local setmetatable, type, error, xpcall, tostring = setmetatable, type, error, xpcall, tostring
+local lower, find, sub, byte, match = string.lower, string.find, string.sub, string.byte, string.match
+local ffi_string = ffi.string
+local traceback = debug.traceback
+
+local parse_head, find_blank, check_partial = parser.parse_head, parser.find_blank, parser.check_partial
+local req_mt = request.mt
+local new_response, error_response = response.new, response.error_response
+
+local _M = {
+    _VERSION = "0.1.0",
+    MAX_REQUEST_LINE = parser.MAX_REQUEST_LINE,
+    MAX_HEADER_BLOCK = parser.MAX_HEADER_BLOCK,
+    MAX_HEADERS = parser.MAX_HEADERS,
+}
+
+local DEFAULTS = {
+    max_body = 1024 * 1024, -- bytes -> 413
+    header_timeout = 10000, -- ms from the first byte of a request to its blank line -> 408
+    keepalive_timeout = 60000, -- ms of silence between requests before the connection closes
+}
+_M.DEFAULTS = DEFAULTS
+
+-- Timeout modes of a connection (st.tmode).
+local T_HEADER, T_BODY, T_KEEPALIVE, T_BUSY = 1, 2, 3, 4
+
+-- Version of the conn._http layout; a state written by an incompatible
+-- older module is replaced between requests.
+local STATE_V = 1
+
+local function log_error(fmt, ...)
+    local ok, mw = pcall(require, "moonwire")
+    if ok and type(mw) == "table" and mw.log and mw.log.error then
+        mw.log.error(fmt, ...)
+    else
+        io.stderr:write(string.format(fmt, ...), "\n")
+    end
+end
+_M._log_error = log_error
+
+local function now(conn)
+    local loop = conn.loop
+    return loop and loop.now() or 0
+end
+
+local function new_state(conn, opts)
+    local st = {
+        v = STATE_V,
+        tmode = T_HEADER,
+        deadline = now(conn) + opts.header_timeout,
+        scan = 0,
+        req = nil,
+        cur = nil,
+        stream = nil,
+        paused = false,
+        congested = false,
+        closing = false,
+        hdr_ms = opts.header_timeout,
+        ka_ms = opts.keepalive_timeout,
+        max_body = opts.max_body,
+        nreq = 0,
+    }
+    conn._http = st
+    return st
+end
+
+local function set_tmode(conn, st, mode, ms)
+    st.tmode = mode
+    conn:set_timeout(ms)
+end
+
+-- Answers a protocol error and closes the connection.
+local function fail(conn, st, code)
+    st.closing = true
+    st.req = nil
+    if not conn.closed then
+        error_response(conn, code)
+        conn:close()
+    end
+end
+
+-- Called by the response module when a response is complete.
+local function on_finish(res)
+    local st = res._st
+    if st.cur ~= res then
+        return
+    end
+    st.cur = nil
+    local conn = res.conn
+    if res._close then
+        st.closing = true
+        if not conn.closed then
+            conn:close()
+        end
+        return
+    end
+    if st.tmode ~= T_KEEPALIVE then
+        set_tmode(conn, st, T_KEEPALIVE, st.ka_ms)
+    end
+    if st.paused and not st.congested and not st.in_input then
+        -- Requests that arrived meanwhile are still buffered in the core;
+        -- resuming presents them again.  Last, as it may re-enter on_input.
+        st.paused = false
+        conn:resume()
+    end
+end
+response.on_finish = on_finish
+
+-- A route raised: log the traceback, answer 500 without it.
+local function route_error(res, err)
+    log_error("http: error in route %s %s: %s", tostring(res._req.method), tostring(res._req.path), tostring(err))
+    if res.finished then
+        return
+    end
+    local st, conn = res._st, res.conn
+    if res.headers_sent then
+        -- Part of the body is out; the only honest end is to close.
+        st.cur = nil
+        st.closing = true
+        if st.stream then
+            static.close_stream(st, st.stream)
+        end
+        if not conn.closed then
+            conn:close()
+        end
+        return
+    end
+    res.code = 500
+    res._h, res._ctype, res._clen = nil, nil, nil
+    res:send("Internal Server Error\n")
+end
+_M._route_error = route_error
+
+local function not_found(_, res)
+    res:status(404):send("Not Found\n")
+end
+
+local function make_not_allowed(allow)
+    return function(req, res)
+        res:set("Allow", allow)
+        if req.method == "OPTIONS" then
+            res:status(204):send()
+        else
+            res:status(405):send("Method Not Allowed\n")
+        end
+    end
+end
+
+local function ws_module()
+    return package.loaded["moonwire.ws"] or require "moonwire.ws"
+end
+
+-- Runs the middleware chain then final(req, res).  Only apps that use
+-- middleware pay for the closure.
+local function run_chain(global, route_mw, final, req, res)
+    local i = 0
+    local n1 = global and #global or 0
+    local n2 = route_mw and #route_mw or 0
+    local function nxt(err)
+        if err ~= nil then
+            return route_error(res, err)
+        end
+        i = i + 1
+        if i <= n1 then
+            return global[i](req, res, nxt)
+        elseif i <= n1 + n2 then
+            return route_mw[i - n1](req, res, nxt)
+        elseif i == n1 + n2 + 1 then
+            return final(req, res)
+        end
+    end
+    return nxt()
+end
+
+local function upgrade(conn, req, res, route)
+    local ws = ws_module()
+    ws.upgrade(conn, req, res, route)
+    if conn._ws then
+        local st = conn._http
+        st.ws_route = route
+        if st.cur == res then
+            st.cur = nil
+        end
+    end
+end
+
+local function run(app, req, res)
+    local h, params, seen = app._routes:match(req.method, req.path)
+    if params then
+        req.params = params
+    end
+    local final, route_mw
+    if h then
+        local ws = h.ws
+        if ws then
+            -- The upgrade itself runs after global middleware, if any.
+            final = function(q, r)
+                return upgrade(q.conn, q, r, ws)
+            end
+        else
+            final, route_mw = h.fn, h.mw
+        end
+    elseif seen then
+        final = make_not_allowed(router.allow(seen))
+    else
+        final = app._not_found or not_found
+    end
+    local global = app._mw
+    if global or route_mw then
+        return run_chain(global, route_mw, final, req, res)
+    end
+    return final(req, res)
+end
+
+-- Works out what the parsed head means: path and query, keep-alive, the
+-- body framing.  Returns nil, or an error status.
+local function prepare(req, st)
+    local target = req.target
+    if byte(target, 1) ~= 47 then
+        if target == "*" and req.method == "OPTIONS" then
+            target = nil
+            req.path = "*"
+        else
+            -- absolute-form (RFC 9112 3.2.2): keep the path and query only.
+            local rest = match(target, "^[hH][tT][tT][pP][sS]?://[^/?#]*(.*)$")
+            if not rest then
+                return 400
+            end
+            if byte(rest, 1) ~= 47 then
+                rest = "/" .. rest
+            end
+            target = rest
+        end
+    end
+    local q = target and find(target, "?", 1, true)
+    if not target then -- luacheck: ignore 542
+    elseif q then
+        req.path = sub(target, 1, q - 1)
+        req.rawquery = sub(target, q + 1)
+    else
+        req.path = target
+    end
+
+    local h = req.headers
+    local multi = req._multi
+    if req.minor == 1 and h.host == nil then
+        return 400
+    end
+    if multi and multi.host then
+        return 400
+    end
+
+    local keepalive = req.minor == 1
+    local ch = h.connection
+    if ch then
+        local l = lower(ch)
+        if l == "close" then
+            keepalive = false
+        elseif l == "keep-alive" then
+            keepalive = true
+        elseif l ~= "upgrade" then
+            for token in l:gmatch("[^,%s]+") do
+                if token == "close" then
+                    keepalive = false
+                    break
+                elseif token == "keep-alive" then
+                    keepalive = true
+                end
+            end
+        end
+    end
+    req.keepalive = keepalive
+
+    local te = h["transfer-encoding"]
+    local cl = h["content-length"]
+    if te then
+        if cl then
+            return 400 -- both framings: a smuggling attempt or a broken client
+        end
+        if lower(te) ~= "chunked" then
+            return 501
+        end
+        req._chunked = true
+        req._length = -1
+    elseif cl then
+        local n = parser.content_length(cl)
+        if not n then
+            return 400
+        end
+        if n > st.max_body then
+            return 413
+        end
+        req._length = n
+    else
+        req._length = 0
+    end
+
+    local expect = h.expect
+    if expect then
+        if lower(expect) ~= "100-continue" then
+            return 417
+        end
+        req._expect = req.minor == 1
+    end
+    return nil
+end
+
+local function dispatch(app, conn, st, req)
+    local res = new_response(conn, st, req, req.keepalive)
+    st.cur = res
+    st.nreq = st.nreq + 1
+    local ok, err = xpcall(run, traceback, app, req, res)
+    if not ok then
+        route_error(res, err)
+    end
+end
+
+-- Reads body bytes for st.req from buf[pos, len).  Returns new pos and
+-- true when the body is complete, or nil, status.
+local function read_body(st, req, buf, pos, len)
+    if req._chunked then
+        local ch = st.ch
+        local npos, done = parser.dechunk(ch, buf, pos, len, st.max_body)
+        if not npos then
+            return nil, done
+        end
+        if done then
+            req.body = ch.body:tostring()
+            st.ch = nil
+        end
+        return npos, done
+    end
+    local need = st.need
+    local avail = len - pos
+    local body = st.body
+    if body == nil and avail >= need then
+        req.body = ffi_string(buf + pos, need)
+        return pos + need, true
+    end
+    if body == nil then
+        body = buffer.new()
+        st.body = body
+    end
+    local take = avail < need and avail or need
+    body:putcdata(buf + pos, take)
+    st.need = need - take
+    if st.need == 0 then
+        req.body = body:tostring()
+        st.body = nil
+        return pos + take, true
+    end
+    return pos + take, false
+end
+
+local function ws_route_of(app, conn)
+    local st = conn._http
+    local r = app._ws_routes[conn._ws.path]
+    return r or (st and st.ws_route)
+end
+
+local function on_input(app, conn, buf, len)
+    if conn._ws then
+        return ws_module().input(conn, buf, len, ws_route_of(app, conn))
+    end
+    local opts = app.opts
+    local st = conn._http
+    if st == nil or st.v ~= STATE_V then
+        st = new_state(conn, opts)
+    end
+    if st.closing then
+        return len
+    end
+    st.hdr_ms, st.ka_ms, st.max_body = opts.header_timeout, opts.keepalive_timeout, opts.max_body
+    st.in_input = true
+    local pos = 0
+    while pos < len do
+        if st.cur or st.congested then
+            -- A response is still being produced: keep the rest in the
+            -- core's buffer, and stop reading, until it is done.
+            if not st.paused then
+                st.paused = true
+                conn:pause()
+            end
+            break
+        end
+        local req = st.req
+        if req == nil then
+            local p, avail = buf + pos, len - pos
+            local c = p[0]
+            if (c == 13 or c == 10) and st.scan == 0 then
+                -- Empty lines before a request line are ignored (RFC 9112 2.2).
+                pos = pos + 1
+                goto continue
+            end
+            if st.tmode == T_HEADER and now(conn) >= st.deadline then
+                fail(conn, st, 408)
+                break
+            end
+            if st.scan > 0 then
+                -- The head was incomplete last time: parse only once its
+                -- blank line is here, so a slow client costs O(n).
+                local e, scan = find_blank(p, avail, st.scan)
+                if e == 0 then
+                    st.scan = scan
+                    local status = check_partial(p, avail)
+                    if status then
+                        fail(conn, st, status)
+                        break
+                    end
+                    local left = st.deadline - now(conn)
+                    conn:set_timeout(left > 1 and left or 1)
+                    break
+                end
+            end
+            req = setmetatable({ conn = conn }, req_mt)
+            local n = parse_head(p, avail, req)
+            if n == 0 then
+                st.scan = avail
+                if st.tmode ~= T_HEADER then
+                    st.deadline = now(conn) + st.hdr_ms
+                    set_tmode(conn, st, T_HEADER, st.hdr_ms)
+                else
+                    local left = st.deadline - now(conn)
+                    conn:set_timeout(left > 1 and left or 1)
+                end
+                break
+            elseif n < 0 then
+                fail(conn, st, -n)
+                break
+            end
+            st.scan = 0
+            pos = pos + n
+            local status = prepare(req, st)
+            if status then
+                fail(conn, st, status)
+                break
+            end
+            if req._length == 0 then
+                req.body = ""
+            else
+                st.req = req
+                if req._chunked then
+                    st.ch = { state = 0, left = 0, size = 0, tsize = 0, body = buffer.new() }
+                else
+                    st.need = req._length
+                end
+            end
+        end
+        if st.req then
+            local npos, done = read_body(st, req, buf, pos, len)
+            if not npos then
+                fail(conn, st, done)
+                break
+            end
+            pos = npos
+            if not done then
+                if req._expect then
+                    req._expect = false
+                    conn:write("HTTP/1.1 100 Continue\r\n\r\n")
+                end
+                if st.tmode ~= T_BODY then
+                    set_tmode(conn, st, T_BODY, st.hdr_ms)
+                end
+                break
+            end
+            st.req = nil
+        end
+        dispatch(app, conn, st, req)
+        if st.closing then
+            break
+        end
+        if conn._ws then
+            -- Bytes after the upgrade request belong to the WebSocket.
+            st.in_input = false
+            if pos < len then
+                local n = ws_module().input(conn, buf + pos, len - pos, ws_route_of(app, conn))
+                if type(n) ~= "number" or n < 0 then
+                    return n
+                end
+                return pos + n
+            end
+            return pos
+        end
+        if st.cur and st.tmode ~= T_BUSY then
+            set_tmode(conn, st, T_BUSY, st.ka_ms)
+        end
+        ::continue::
+    end
+    st.in_input = false
+    if st.closing then
+        return len
+    end
+    return pos
+end
+
+local function on_open(app, conn)
+    local st = new_state(conn, app.opts)
+    conn:set_timeout(st.hdr_ms)
+end
+
+local function on_drain(app, conn)
+    if conn._ws then
+        return ws_module().drain(conn, ws_route_of(app, conn))
+    end
+    local st = conn._http
+    if not st then
+        return
+    end
+    local s = st.stream
+    if s then
+        return static.pump(conn, st, s)
+    end
+    local res = st.cur
+    if res and res._ondrain then
+        res._ondrain(res)
+    end
+    if st.congested then
+        st.congested = false
+        if st.paused and not st.cur and not conn.closed then
+            st.paused = false
+            conn:resume()
+        end
+    end
+end
+
+local function on_timeout(app, conn)
+    if conn._ws then
+        return ws_module().timeout(conn, ws_route_of(app, conn))
+    end
+    local st = conn._http
+    if not st then
+        return conn:close()
+    end
+    if st.cur then
+        local s = st.stream
+        if s and s.sent ~= s.mark then
+            -- A file is still flowing out: silence on the read side is fine.
+            s.mark = s.sent
+            conn:set_timeout(st.ka_ms)
+            return
+        end
+        st.closing = true
+        return conn:close()
+    end
+    if st.req or st.scan > 0 then
+        return fail(conn, st, 408)
+    end
+    st.closing = true
+    return conn:close()
+end
+
+local function on_close(app, conn, reason)
+    if conn._ws then
+        return ws_module().close(conn, reason, ws_route_of(app, conn))
+    end
+    local st = conn._http
+    if not st then
+        return
+    end
+    st.closing = true
+    if st.stream then
+        static.close_stream(st, st.stream)
+    end
+    local res = st.cur
+    if res then
+        res.aborted = true
+        st.cur = nil
+    end
+end
+
+-- The app -----------------------------------------------------------------
+
+local App = {}
+local app_mt = { __index = App, __name = "moonwire.http.app" }
+
+local function check_fn(fn, n, name)
+    if type(fn) ~= "function" then
+        error("bad argument #" .. n .. " to '" .. name .. "' (function expected, got " .. type(fn) .. ")", 3)
+    end
+end
+
+local function add_route(self, method, name, path, ...)
+    local n = select("#", ...)
+    if n == 0 then
+        error("bad argument #2 to '" .. name .. "' (function expected)", 3)
+    end
+    local fns = { ... }
+    for i = 1, n do
+        check_fn(fns[i], i + 1, name)
+    end
+    local fn = fns[n]
+    fns[n] = nil
+    self._routes:add(method, path, { fn = fn, mw = n > 1 and fns or nil })
+    return self
+end
+
+for _, m in ipairs({ "get", "post", "put", "delete", "patch", "head", "options" }) do
+    local method = m:upper()
+    App[m] = function(self, path, ...)
+        return add_route(self, method, m, path, ...)
+    end
+end
+
+-- app:all(path, [mw...,] fn): every method.
+function App:all(path, ...)
+    return add_route(self, "*", "all", path, ...)
+end
+
+-- app:use(fn): global middleware, fn(req, res, next), in registration order.
+function App:use(fn)
+    check_fn(fn, 1, "use")
+    local mw = self._mw
+    if not mw then
+        mw = {}
+        self._mw = mw
+    end
+    mw[#mw + 1] = fn
+    return self
+end
+
+-- app:not_found(fn): replaces the default 404 handler.
+function App:not_found(fn)
+    check_fn(fn, 1, "not_found")
+    self._not_found = fn
+    return self
+end
+
+-- app:static(prefix, dir[, opts]): serve files below dir at prefix.
+-- opts.index (default "index.html", false to disable), opts.max_age.
+function App:static(prefix, dir, opts)
+    if type(prefix) ~= "string" or byte(prefix, 1) ~= 47 then
+        error("bad argument #1 to 'static' (path starting with '/' expected)", 2)
+    end
+    if type(dir) ~= "string" then
+        error("bad argument #2 to 'static' (string expected)", 2)
+    end
+    opts = opts or {}
+    local sopts = { index = opts.index == nil and "index.html" or opts.index, max_age = opts.max_age }
+    local root = static.root(dir)
+    prefix = prefix:gsub("/+$", "")
+    local plen = #prefix
+    local function serve(req, res)
+        -- The raw path below the prefix, still percent-encoded: static
+        -- decodes it once, itself, before checking it.
+        return static.serve(req, res, root, sub(req.path, plen + 2), sopts)
+    end
+    self._routes:add("GET", prefix == "" and "/" or prefix, { fn = serve })
+    self._routes:add("GET", prefix .. "/*", { fn = serve })
+    return self
+end
+
+-- app:ws(path, handlers[, opts]): a WebSocket endpoint (moonwire.ws).
+function App:ws(path, handlers, opts)
+    if type(handlers) ~= "table" then
+        error("bad argument #2 to 'ws' (table expected)", 2)
+    end
+    local route = { path = path, handlers = handlers, opts = opts }
+    self._routes:add("GET", path, { ws = route })
+    self._ws_routes[path] = route
+    return self
+end
+
+-- http.router([opts]) -> app.  opts: max_body (bytes), header_timeout and
+-- keepalive_timeout (ms).
+function _M.router(opts)
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument #1 to 'router' (table expected)", 2)
+    end
+    local o = {}
+    for k, v in pairs(DEFAULTS) do
+        local given = opts and opts[k]
+        if given ~= nil and (type(given) ~= "number" or given <= 0) then
+            error("bad argument #1 to 'router' (" .. k .. " must be a positive number)", 2)
+        end
+        o[k] = given or v
+    end
+    local app = setmetatable({ opts = o, _routes = router.new(), _ws_routes = {} }, app_mt)
+    -- The core calls these as plain functions; they find the app through
+    -- their upvalue and everything else through conn.
+    app.on_open = function(conn)
+        return on_open(app, conn)
+    end
+    app.on_input = function(conn, buf, len)
+        return on_input(app, conn, buf, len)
+    end
+    app.on_drain = function(conn)
+        return on_drain(app, conn)
+    end
+    app.on_timeout = function(conn)
+        return on_timeout(app, conn)
+    end
+    app.on_close = function(conn, reason)
+        return on_close(app, conn, reason)
+    end
+    return app
+end
+
+return _M

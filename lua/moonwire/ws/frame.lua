@@ -1,0 +1,137 @@
+-- moonwire.ws.frame: RFC 6455 section 5.2 framing primitives.
+--
+-- Everything here works on FFI pointers and returns plain numbers so the
+-- parser in moonwire.ws allocates nothing per frame.  The functions are
+-- small on purpose: LuaJIT inlines them into the caller's trace.
+
+local ffi = require "ffi"
+local bit = require "bit"
+
+local band, bor, bxor, rshift, ror = bit.band, bit.bor, bit.bxor, bit.rshift, bit.ror
+local cast = ffi.cast
+
+local _M = { _VERSION = "0.1" }
+
+-- Opcodes (section 5.2) and the close codes this module sends.
+_M.CONT, _M.TEXT, _M.BINARY = 0x0, 0x1, 0x2
+_M.CLOSE, _M.PING, _M.PONG = 0x8, 0x9, 0xA
+
+local u8p = ffi.typeof("uint8_t *")
+local cu8p = ffi.typeof("const uint8_t *")
+local u64p = ffi.typeof("uint64_t *")
+local cu64p = ffi.typeof("const uint64_t *")
+local cu32p = ffi.typeof("const uint32_t *")
+local u64 = ffi.typeof("uint64_t")
+local HIGH = 0x8080808080808080ULL
+
+--- Decodes the payload length and mask of the frame header at p, of which
+-- avail bytes are present.  Returns header_length, payload_length, mask,
+-- or nil when the header is incomplete, or false when the 64-bit length
+-- has its most significant bit set (section 5.2 forbids it).
+-- mask is the four mask bytes read as a little-endian uint32 (a Lua
+-- number), 0 for unmasked frames.  Lengths above 2^53 lose precision as
+-- Lua numbers but stay far above any message size limit, which is all
+-- the caller needs to know about them.
+function _M.header(p, avail)
+  if avail < 2 then return nil end
+  local b1 = p[1]
+  local len = band(b1, 0x7F)
+  local hl = 2
+  if len == 126 then
+    if avail < 4 then return nil end
+    len = p[2] * 256 + p[3]
+    hl = 4
+  elseif len == 127 then
+    if avail < 10 then return nil end
+    if p[2] >= 0x80 then return false end
+    len = ((p[2] * 256 + p[3]) * 256 + p[4]) * 256 + p[5]
+    len = len * 4294967296 + (((p[6] * 256 + p[7]) * 256 + p[8]) * 256 + p[9])
+    hl = 10
+  end
+  local mask = 0
+  if b1 >= 0x80 then
+    if avail < hl + 4 then return nil end
+    mask = cast(cu32p, p + hl)[0]
+    hl = hl + 4
+  end
+  return hl, len, mask
+end
+
+--- Rotates a little-endian mask word so that it starts at byte off (0..3)
+-- of the mask: used when a payload is unmasked in several chunks.
+local function rotate(mask, off)
+  if off == 0 then return mask end
+  return ror(mask, off * 8)
+end
+_M.rotate = rotate
+
+--- Copies n bytes from src to dst XOR-ing with mask (a little-endian
+-- uint32 as returned by header(), already rotated to the chunk's offset).
+-- src and dst may be the same buffer.  Returns true when every unmasked
+-- byte is ASCII (< 0x80), which lets text messages skip UTF-8 validation.
+function _M.unmask(dst, src, n, mask)
+  local d, s = cast(u8p, dst), cast(cu8p, src)
+  local nw = (n - n % 8) / 8
+  -- The mask repeated in both halves of a 64-bit word.
+  local m64 = cast(u64, cast("uint32_t", mask)) * 0x100000001ULL
+  local acc = 0ULL
+  local d64, s64 = cast(u64p, d), cast(cu64p, s)
+  for i = 0, nw - 1 do
+    local v = bxor(s64[i], m64)
+    d64[i] = v
+    acc = bor(acc, v)
+  end
+  local ascii = band(acc, HIGH) == 0ULL
+  local m = mask
+  for i = nw * 8, n - 1 do
+    local v = bxor(s[i], band(m, 0xFF))
+    d[i] = v
+    if v >= 0x80 then ascii = false end
+    m = ror(m, 8)
+  end
+  return ascii
+end
+
+--- Writes a server frame header (never masked) at p and returns its
+-- length (2, 4 or 10 bytes).  b0 is the first byte (FIN, RSV, opcode).
+function _M.put_header(p, b0, len)
+  p[0] = b0
+  if len < 126 then
+    p[1] = len
+    return 2
+  elseif len < 65536 then
+    p[1] = 126
+    p[2] = rshift(len, 8)
+    p[3] = band(len, 0xFF)
+    return 4
+  end
+  p[1] = 127
+  local hi = (len - len % 4294967296) / 4294967296
+  local lo = len % 4294967296
+  p[2] = band(rshift(hi, 24), 0xFF)
+  p[3] = band(rshift(hi, 16), 0xFF)
+  p[4] = band(rshift(hi, 8), 0xFF)
+  p[5] = band(hi, 0xFF)
+  p[6] = band(rshift(lo, 24), 0xFF)
+  p[7] = band(rshift(lo, 16), 0xFF)
+  p[8] = band(rshift(lo, 8), 0xFF)
+  p[9] = band(lo, 0xFF)
+  return 10
+end
+
+--- Length of the header put_header() writes for a payload of len bytes.
+function _M.header_len(len)
+  if len < 126 then return 2 elseif len < 65536 then return 4 end
+  return 10
+end
+
+--- True if code may appear in a Close frame received from a peer
+-- (section 7.4: 1004-1006 and 1015 are reserved and must never be sent;
+-- 1012-1014 are registered with IANA; 3000-4999 are for libraries and
+-- applications; everything else is invalid).
+function _M.valid_close_code(code)
+  if code >= 3000 then return code <= 4999 end
+  return code >= 1000 and code <= 1014 and code ~= 1004 and code ~= 1005 and code ~= 1006
+end
+
+return _M
