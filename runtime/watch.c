@@ -110,7 +110,7 @@ static void watch_dir(const char *dir) {
     }
     d->next = dirs;
     dirs = d;
-    mw__log(MW_LOG_DEBUG, 0, "watching %s", dir);
+    MW_LOG(MW_LOG_DEBUG, 0, "watching %s", dir);
 }
 
 static void on_requests(uv_async_t *a) {

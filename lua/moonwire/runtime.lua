@@ -281,6 +281,11 @@ function _M.reload()
   log.write(loop.id == 1 and log.INFO or log.DEBUG, "reloaded %s: generation %d%s", script_path,
     generation, cancelled > 0 and (", cancelled " .. cancelled .. " timer(s) of the old code") or "")
   C.mw_loop_set_status(loop_ptr, generation, "")
+  -- Compiled traces keep the old code's prototypes alive: drop them so the old version can
+  -- be collected (the new code is compiled again as it runs hot).
+  if jit then
+    jit.flush()
+  end
   if h.init then
     h.init(loop)
   end
