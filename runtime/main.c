@@ -112,18 +112,22 @@ static const char *find_lua_dir(const char *given) {
     const char *env = getenv("MOONWIRE_LUA_DIR");
     if (env && *env)
         return env;
-    /* Next to the binary in a source tree: bin/moonwire -> lua/ */
+    /* Next to the binary: bin/moonwire -> lua/ in a source tree, or
+     * PREFIX/bin/moonwire -> PREFIX/share/lua/5.1 when installed (make install, luarocks). */
+    static const char *const rel[] = {"/../lua", "/../share/lua/5.1"};
     ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
     if (n > 0) {
         buf[n] = '\0';
         char *slash = strrchr(buf, '/');
         if (slash) {
             *slash = '\0';
-            snprintf(probe, sizeof probe, "%s/../lua/moonwire/runtime.lua", buf);
-            if (access(probe, R_OK) == 0) {
-                snprintf(probe, sizeof probe, "%s/../lua", buf);
-                if (realpath(probe, buf))
-                    return buf;
+            for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+                snprintf(probe, sizeof probe, "%s%s/moonwire/runtime.lua", buf, rel[i]);
+                if (access(probe, R_OK) == 0) {
+                    snprintf(probe, sizeof probe, "%s%s", buf, rel[i]);
+                    if (realpath(probe, buf))
+                        return buf;
+                }
             }
         }
     }

@@ -1,0 +1,100 @@
+/* C-level tests for the parts of the runtime that need no loop: buffers, the CPU count
+ * behind --loops auto, reason names. Each check counts; any failure exits non-zero. */
+#include "../../runtime/internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int checks, failures;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(cond)) {                                                                             \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
+    } while (0)
+
+/* Symbols the runtime objects expect from main.c, which is not linked here. */
+mw_config_t mw__config;
+void mw__main_notify_exit(void) {
+}
+
+static void test_buffer(void) {
+    mw_bufcache_t bc = {0};
+    mw_buf_t b = {0};
+    CHECK(mw__buf_append(&bc, &b, "hello", 5) == 0);
+    CHECK(b.len == 5 && b.cap == MW_SMALL_BUF && memcmp(b.base + b.off, "hello", 5) == 0);
+    mw__buf_consume(&bc, &b, 2);
+    CHECK(b.len == 3 && memcmp(b.base + b.off, "llo", 3) == 0);
+    /* Growing keeps the live bytes and moves them to the front. */
+    char big[10000];
+    memset(big, 'x', sizeof big);
+    CHECK(mw__buf_append(&bc, &b, big, sizeof big) == 0);
+    CHECK(b.len == 10003 && b.off == 0 && b.cap == 16384);
+    CHECK(memcmp(b.base, "llo", 3) == 0 && b.base[10002] == 'x');
+    /* Consuming everything frees the block. */
+    mw__buf_consume(&bc, &b, b.len);
+    CHECK(b.base == NULL && b.len == 0 && b.cap == 0);
+    /* Small blocks are recycled through the cache. */
+    CHECK(mw__buf_append(&bc, &b, "a", 1) == 0);
+    char *first = b.base;
+    mw__buf_free(&bc, &b);
+    CHECK(bc.n == 1);
+    CHECK(mw__buf_append(&bc, &b, "b", 1) == 0);
+    CHECK(b.base == first && bc.n == 0);
+    /* reserve slides data instead of reallocating when there is room at the front. */
+    mw__buf_free(&bc, &b);
+    CHECK(mw__buf_append(&bc, &b, big, 4000) == 0);
+    mw__buf_consume(&bc, &b, 3000);
+    CHECK(mw__buf_reserve(&bc, &b, 2000) == 0);
+    CHECK(b.off == 0 && b.cap == MW_SMALL_BUF && b.len == 1000);
+    mw__buf_free(&bc, &b);
+    mw__bufcache_clear(&bc);
+    CHECK(bc.n == 0);
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_cpu_auto(void) {
+    char path[] = "/tmp/mw-cpu-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    char why[128];
+    write_file(path, "150000 100000\n");
+    CHECK(mw__cpu_auto(path, why, sizeof why) == 2);
+    CHECK(strstr(why, "cgroup") != NULL);
+    write_file(path, "100000 100000\n");
+    CHECK(mw__cpu_auto(path, why, sizeof why) == 1);
+    write_file(path, "50000 100000\n");
+    CHECK(mw__cpu_auto(path, why, sizeof why) == 1);
+    write_file(path, "max 100000\n");
+    int n = mw__cpu_auto(path, why, sizeof why);
+    CHECK(n >= 1 && strstr(why, "available CPUs") != NULL);
+    write_file(path, "garbage\n");
+    CHECK(mw__cpu_auto(path, why, sizeof why) == n);
+    unlink(path);
+    CHECK(mw__cpu_auto("/nonexistent/cpu.max", why, sizeof why) == n);
+}
+
+static void test_reasons(void) {
+    CHECK(strcmp(mw__reason_name(MW_REASON_EOF), "eof") == 0);
+    CHECK(strcmp(mw__reason_name(MW_REASON_LIMIT), "limit") == 0);
+    CHECK(strcmp(mw__reason_name(MW_REASON_SHUTDOWN), "shutdown") == 0);
+    CHECK(strcmp(mw__reason_name(99), "error") == 0);
+}
+
+int main(void) {
+    test_buffer();
+    test_cpu_auto();
+    test_reasons();
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures ? 1 : 0;
+}
