@@ -350,6 +350,13 @@ void mw__conn_close_all(mw_loop_t *l, int reason) {
     }
 }
 
+void mw__conn_close_lingering(mw_loop_t *l) {
+    for (mw_conn_t *c = l->conns; c; c = c->next)
+        if ((c->flags & MW_CONN_SHUTDOWN_SENT) && (c->flags & MW_CONN_CLOSE_NOTIFIED) &&
+            c->inflight == 0)
+            finish_close(c);
+}
+
 /* ---- reading ------------------------------------------------------------------------- */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {

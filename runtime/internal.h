@@ -193,6 +193,8 @@ void mw__conn_flush_all(mw_loop_t *l);
 void mw__conn_run_pending(mw_loop_t *l);
 void mw__conn_teardown(mw_conn_t *c, int reason, int graceful);
 void mw__conn_close_all(mw_loop_t *l, int reason);
+/* Closes connections that only wait for their peer's FIN (used when shutting down). */
+void mw__conn_close_lingering(mw_loop_t *l);
 void mw__conn_set_timeout(mw_conn_t *c, unsigned ms);
 void mw__conn_timeouts_fire(mw_loop_t *l);
 

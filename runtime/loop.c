@@ -93,6 +93,7 @@ static void begin_shutdown(mw_loop_t *l) {
     l->shutting_down = 1;
     stop_listening(l);
     mw__lua_shutdown(l);
+    mw__conn_close_lingering(l);
     if (l->conns == NULL) {
         uv_stop(&l->uv);
         return;

@@ -149,6 +149,21 @@ describe("runtime #integration", function()
     srv:stop()
   end)
 
+  it("runs the custom framer from docs/handlers.md", function()
+    local srv = H.start_server { script = "spec/fixtures/netstring.lua" }
+    local c = assert(H.connect(srv.port))
+    assert(c:send("5:hel"))
+    socket.sleep(0.05)
+    assert(c:send("lo,3:abc,"))
+    assert.equal("5:hello,3:abc,", c:receive(14))
+    assert(c:send("x:"))
+    local data, err = c:receive(1)
+    assert.is_nil(data)
+    assert.equal("closed", err)
+    srv:stop()
+    assert.matches("bad or oversized length, closing", srv:log())
+  end)
+
   it("closes a connection whose frame is over max, with a logged reason", function()
     local srv = H.start_server { script = "handlers/length_echo.lua" }
     local c = assert(H.connect(srv.port))
