@@ -206,6 +206,14 @@ local function upgrade(conn, req, res, route)
     end
 end
 
+-- The upgrade itself runs after global middleware, if any.  A separate
+-- function, so that the closure (and its upvalue) stays off the hot path.
+local function make_upgrade(route)
+    return function(req, res)
+        return upgrade(req.conn, req, res, route)
+    end
+end
+
 local function run(app, req, res)
     local h, params, seen = app._routes:match(req.method, req.path)
     if params then
@@ -213,11 +221,11 @@ local function run(app, req, res)
     end
     local final, route_mw
     if h then
-        local ws = h.ws
-        if ws then
-            -- The upgrade itself runs after global middleware, if any.
-            final = function(q, r)
-                return upgrade(q.conn, q, r, ws)
+        if h.ws then
+            if req.method == "GET" then
+                final = make_upgrade(h.ws)
+            else -- HEAD, which falls back to GET routes, cannot upgrade.
+                final = make_not_allowed("GET, OPTIONS")
             end
         else
             final, route_mw = h.fn, h.mw
@@ -434,7 +442,12 @@ local function on_input(app, conn, buf, len)
                     break
                 end
             end
-            req = setmetatable({ conn = conn }, req_mt)
+            -- Every field a request gets is in the constructor, so the
+            -- table is allocated at its final size once.
+            req = setmetatable({
+                conn = conn, method = false, target = false, path = false, minor = false, headers = false,
+                body = false, keepalive = false, _length = false, _chunked = false, _expect = false,
+            }, req_mt)
             local n = parse_head(p, avail, req)
             if n == 0 then
                 st.scan = avail

@@ -15,6 +15,7 @@ local ffi = require "ffi"
 local ffi_string, ffi_cast = ffi.string, ffi.cast
 local lower, byte, find = string.lower, string.byte, string.find
 local tonumber = tonumber
+local new_tab = require "table.new"
 
 ffi.cdef [[
 void *mw_http_memchr(const void *s, int c, size_t n) __asm__("memchr");
@@ -193,7 +194,7 @@ function _M.parse_head(buf, len, req)
     end
     req.method, req.target, req.minor = method, target, minor > 0 and 1 or 0
 
-    local headers = {}
+    local headers = new_tab(0, 8)
     req.headers = headers
     local pos, n = le + 1, 0
     local limit = le + 1 + MAX_HEADER_BLOCK
