@@ -44,6 +44,16 @@ static size_t queued(const mw_conn_t *c) {
     return c->out.len + c->inflight;
 }
 
+/* Bytes leave the user-space write queue (written, or dropped). */
+static void queue_sub(mw_conn_t *c, size_t n) {
+    MW_STAT_ADD(c->loop->stats.write_queue_bytes, (uint64_t)0 - n);
+}
+
+static void drop_out(mw_conn_t *c) {
+    queue_sub(c, c->out.len);
+    mw__buf_free(&c->loop->bufcache, &c->out);
+}
+
 /* ---- idle timeouts ------------------------------------------------------------------
  * One list per distinct timeout value. Every member of a list has the same timeout, so
  * moving a connection to the tail on activity keeps the list ordered by deadline: touching
@@ -161,8 +171,10 @@ void mw__conn_timeouts_fire(mw_loop_t *l) {
 
 static void release(mw_conn_t *c) {
     mw_loop_t *l = c->loop;
+    if (c->flags & MW_CONN_COUNTED_PAUSED)
+        MW_STAT_ADD(l->stats.paused_conns, (uint64_t)-1);
     mw__buf_free(&l->bufcache, &c->in);
-    mw__buf_free(&l->bufcache, &c->out);
+    drop_out(c);
     free(c);
 }
 
@@ -259,7 +271,7 @@ static void after_flush_closing(mw_conn_t *c) {
 static void continue_close(mw_conn_t *c) {
     mw_loop_t *l = c->loop;
     if (c->flags & MW_CONN_HARD_CLOSE) {
-        mw__buf_free(&l->bufcache, &c->out);
+        drop_out(c);
         if (c->reason != MW_REASON_RESET && !(c->flags & MW_CONN_HANDLE_CLOSING)) {
             c->flags |= MW_CONN_HANDLE_CLOSING;
             tlist_remove(c);
@@ -458,6 +470,11 @@ static void stop_reading(mw_conn_t *c) {
 }
 
 static void update_reading(mw_conn_t *c) {
+    int paused = (c->flags & (MW_CONN_PAUSED | MW_CONN_BACKPRESSURE)) != 0;
+    if (paused != ((c->flags & MW_CONN_COUNTED_PAUSED) != 0)) {
+        c->flags ^= MW_CONN_COUNTED_PAUSED;
+        MW_STAT_ADD(c->loop->stats.paused_conns, paused ? 1 : (uint64_t)-1);
+    }
     if (c->flags & (MW_CONN_CLOSING | MW_CONN_PAUSED | MW_CONN_BACKPRESSURE))
         stop_reading(c);
     else
@@ -490,6 +507,7 @@ static void on_written(uv_write_t *req, int status) {
     mw_conn_t *c = wr->conn;
     mw_loop_t *l = c->loop;
     c->inflight -= wr->len;
+    queue_sub(c, wr->len);
     mw__block_free(&l->bufcache, wr->base, wr->cap);
     free(wr);
     if (status == UV_ECANCELED || (c->flags & MW_CONN_HANDLE_CLOSING))
@@ -520,6 +538,7 @@ static void flush(mw_conn_t *c) {
         if (w > 0) {
             MW_STAT_ADD(l->stats.bytes_out, (uint64_t)w);
             MW_STAT_ADD(l->stats.writes, 1);
+            queue_sub(c, (size_t)w);
             if ((size_t)w == n) {
                 mw__buf_free(&l->bufcache, &c->out);
                 queue_drained(c);
@@ -529,7 +548,7 @@ static void flush(mw_conn_t *c) {
             c->out.len -= (size_t)w;
         } else if (w != UV_EAGAIN) {
             c->flags |= MW_CONN_SHUTDOWN_SENT;
-            mw__buf_free(&l->bufcache, &c->out);
+            drop_out(c);
             mw__conn_teardown(c, w == UV_ECONNRESET ? MW_REASON_RESET : MW_REASON_ERROR, 0);
             if (c->flags & MW_CONN_CLOSE_NOTIFIED)
                 finish_close(c);
@@ -552,6 +571,7 @@ static void flush(mw_conn_t *c) {
     int rc = uv_write(&wr->req, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc < 0) {
         c->inflight -= wr->len;
+        queue_sub(c, wr->len);
         mw__block_free(&l->bufcache, wr->base, wr->cap);
         free(wr);
         c->flags |= MW_CONN_SHUTDOWN_SENT;
@@ -690,6 +710,7 @@ int mw_conn_write(mw_conn_t *c, const char *p, size_t n) {
     }
     if (mw__buf_append(&l->bufcache, &c->out, p, n) < 0)
         return -ENOMEM;
+    MW_STAT_ADD(l->stats.write_queue_bytes, n);
     mw__loop_flush_add(l, c);
     if (queued(c) > mw__config.high_water) {
         c->flags |= MW_CONN_WANT_DRAIN | MW_CONN_BACKPRESSURE;

@@ -81,6 +81,9 @@ typedef struct mw_config_s {
     unsigned drain_timeout_ms;
     int watch;
     const char *pid_file;
+    char admin_host[64]; /* admin listener, off when admin_port is 0 */
+    int admin_port;
+    char admin_script[4096];
 } mw_config_t;
 
 extern mw_config_t mw__config;
@@ -97,6 +100,10 @@ typedef struct mw_stats_s {
     _Atomic uint64_t handler_errors;
     _Atomic uint64_t open_conns;
     _Atomic uint64_t wakeups, iterations;
+    _Atomic uint64_t messages_in, messages_out; /* folded in from Lua's counters */
+    _Atomic uint64_t write_queue_bytes, paused_conns, timers;
+    _Atomic uint64_t lag_us, lag_max_us, lua_bytes, gc_cycles;
+    _Atomic uint64_t stuck, stuck_ms, spinning_fds;
 } mw_stats_t;
 
 #define MW_STAT_ADD(field, n)                                                                      \
@@ -112,6 +119,8 @@ enum {
     MW_MSG_FD,           /* single-acceptor fallback: adopt an accepted socket */
     MW_MSG_PUBLISH,      /* pubsub delivery */
     MW_MSG_RELOAD,       /* reload the handler at the next safe point */
+    MW_MSG_PROFILE,      /* start (fd = 1) or stop (fd = 0) the Lua profiler */
+    MW_MSG_PROFILE_DONE, /* to the admin loop: a loop's folded stacks (blob) */
 };
 
 /* A published message, shared by every loop it is delivered to. */
@@ -132,19 +141,20 @@ typedef struct mw_msg_s {
 /* ---- connections (conn.c) ---------------------------------------------------------- */
 
 enum {
-    MW_CONN_READING = 1 << 0,        /* uv_read_start is active */
-    MW_CONN_PAUSED = 1 << 1,         /* the handler paused reading */
-    MW_CONN_BACKPRESSURE = 1 << 2,   /* paused because the write queue is over high water */
-    MW_CONN_CLOSING = 1 << 3,        /* no more callbacks except the pending on_close */
-    MW_CONN_WANT_DRAIN = 1 << 4,     /* write() returned false: on_drain when the queue empties */
-    MW_CONN_IN_FLUSH = 1 << 5,       /* on the loop's flush list */
-    MW_CONN_IN_PENDING = 1 << 6,     /* on the loop's pending list */
-    MW_CONN_CLOSE_NOTIFIED = 1 << 7, /* on_close has been delivered to Lua */
-    MW_CONN_SHUTDOWN_SENT = 1 << 8,  /* FIN queued */
-    MW_CONN_HANDLE_CLOSING = 1 << 9, /* uv_close called */
-    MW_CONN_REDISPATCH = 1 << 10,    /* buffered input must be offered to Lua again */
-    MW_CONN_OPENED = 1 << 12,        /* on_open has been delivered */
-    MW_CONN_HARD_CLOSE = 1 << 13,    /* drop the queue and reset instead of flushing */
+    MW_CONN_READING = 1 << 0,         /* uv_read_start is active */
+    MW_CONN_PAUSED = 1 << 1,          /* the handler paused reading */
+    MW_CONN_BACKPRESSURE = 1 << 2,    /* paused because the write queue is over high water */
+    MW_CONN_CLOSING = 1 << 3,         /* no more callbacks except the pending on_close */
+    MW_CONN_WANT_DRAIN = 1 << 4,      /* write() returned false: on_drain when the queue empties */
+    MW_CONN_IN_FLUSH = 1 << 5,        /* on the loop's flush list */
+    MW_CONN_IN_PENDING = 1 << 6,      /* on the loop's pending list */
+    MW_CONN_CLOSE_NOTIFIED = 1 << 7,  /* on_close has been delivered to Lua */
+    MW_CONN_SHUTDOWN_SENT = 1 << 8,   /* FIN queued */
+    MW_CONN_HANDLE_CLOSING = 1 << 9,  /* uv_close called */
+    MW_CONN_REDISPATCH = 1 << 10,     /* buffered input must be offered to Lua again */
+    MW_CONN_OPENED = 1 << 12,         /* on_open has been delivered */
+    MW_CONN_HARD_CLOSE = 1 << 13,     /* drop the queue and reset instead of flushing */
+    MW_CONN_COUNTED_PAUSED = 1 << 14, /* counted in stats.paused_conns */
 };
 
 typedef struct mw_loop_s mw_loop_t;
@@ -211,7 +221,13 @@ void mw__timeouts_arm(mw_loop_t *l);
 /* ---- the loop (loop.c) -------------------------------------------------------------- */
 
 struct mw_loop_s {
-    int id; /* 1..N */
+    int id; /* 1..N; the admin loop is -1 */
+    int is_admin;
+    const char *script; /* handler this loop runs */
+    const char *mode;   /* "run", "ws" or "admin" */
+    const char *host;   /* listening address */
+    int port;
+    int reuseport;
     pthread_t thread;
     uv_loop_t uv;
     uv_tcp_t listener;
@@ -221,6 +237,10 @@ struct mw_loop_s {
     uv_idle_t idle;
     uv_timer_t timeout_timer; /* fires at the earliest idle-timeout deadline */
     uv_timer_t drain_timer;
+    uv_timer_t sample_timer; /* stats: Lua heap, lag probe (stats.c) */
+    uv_timer_t lag_timer;
+    uint64_t lag_armed_ns;
+    mw_lua_stats_t lua_stats; /* counters Lua bumps directly through the FFI */
     struct lua_State *L;
     int in_lua; /* > 0 while a Lua callback runs: anything needing Lua is deferred */
     char *rbuf; /* shared read buffer: reads land here unless a connection has leftovers */
@@ -256,6 +276,9 @@ extern int mw__nloops;
 extern _Atomic long mw__open_conns;
 
 int mw__loop_start_all(void);
+int mw__admin_start(void);
+void mw__admin_join(void);
+extern mw_loop_t *mw__admin;
 void mw__loop_post(mw_loop_t *l, mw_msg_t *m);
 void mw__loop_post_all(int type);
 void mw__loop_join_all(void);
@@ -266,6 +289,13 @@ void mw__loop_flush_add(mw_loop_t *l, mw_conn_t *c);
 
 int mw__tcp_probe(const char *host, int *port, char *err, size_t errlen);
 int mw__tcp_listen(mw_loop_t *l, char *err, size_t errlen);
+
+/* ---- stats (stats.c) ---------------------------------------------------------------- */
+
+void mw__stats_start(mw_loop_t *l);
+
+/* Marks Lua timers (handle->data) so teardown can tell them from the loop's own timers. */
+extern char mw__lua_timer_tag;
 
 /* ---- pubsub (pubsub.c) -------------------------------------------------------------- */
 
@@ -285,6 +315,8 @@ void mw__lua_timer(mw_loop_t *l, double ref);
 void mw__lua_shutdown(mw_loop_t *l);
 void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
 void mw__lua_reload(mw_loop_t *l);
+void mw__lua_profile(mw_loop_t *l, int start);
+void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b);
 
 /* Events delivered to the Lua dispatcher; mirrored in lua/moonwire/runtime.lua. */
 enum {
@@ -297,6 +329,8 @@ enum {
     MW_EV_SHUTDOWN,
     MW_EV_PUBLISH,
     MW_EV_RELOAD,
+    MW_EV_PROFILE,      /* worker: start/stop profiling */
+    MW_EV_PROFILE_DONE, /* admin: folded stacks from a loop */
 };
 
 uint64_t mw__now_ms(void);

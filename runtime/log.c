@@ -32,6 +32,8 @@ static void vlog(int level, int loop_id, const char *fmt, va_list ap) {
                      ts.tv_nsec / 1000000, level_names[level]);
     if (loop_id > 0)
         n += snprintf(line + n, sizeof line - (size_t)n, "[loop %d] ", loop_id);
+    else if (loop_id < 0)
+        n += snprintf(line + n, sizeof line - (size_t)n, "[admin] ");
     else
         n += snprintf(line + n, sizeof line - (size_t)n, "[main] ");
     int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);

@@ -61,7 +61,7 @@ static void close_walk(uv_handle_t *h, void *arg) {
         uv_close(h, NULL);
         return;
     }
-    if (h->type == UV_TIMER) {
+    if (h->type == UV_TIMER && h->data == &mw__lua_timer_tag) {
         /* A Lua timer (loop.after / loop.every). */
         mw_timer_cancel((mw_timer_t *)h);
         return;
@@ -133,6 +133,13 @@ static void on_async(uv_async_t *a) {
         case MW_MSG_RELOAD:
             reload = 1; /* several requests in one batch make one reload */
             break;
+        case MW_MSG_PROFILE:
+            mw__lua_profile(l, m->fd);
+            break;
+        case MW_MSG_PROFILE_DONE:
+            mw__lua_profile_done(l, m->blob);
+            mw__blob_unref(m->blob);
+            break;
         }
         free(m);
         m = next;
@@ -143,6 +150,44 @@ static void on_async(uv_async_t *a) {
 
 void mw__reload_all(void) {
     mw__loop_post_all(MW_MSG_RELOAD);
+}
+
+int mw_profile_control(int loop_id, int start) {
+    if (loop_id < 1 || loop_id > mw__nloops)
+        return -EINVAL;
+    mw_msg_t *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return -ENOMEM;
+    m->type = MW_MSG_PROFILE;
+    m->fd = start;
+    mw__loop_post(&mw__loops[loop_id - 1], m);
+    return 0;
+}
+
+int mw_profile_result(mw_loop_t *l, const char *p, size_t n) {
+    if (mw__admin == NULL)
+        return -ENOENT;
+    mw_blob_t *b = malloc(sizeof *b + n);
+    mw_msg_t *m = calloc(1, sizeof *m);
+    if (b == NULL || m == NULL) {
+        free(b);
+        free(m);
+        return -ENOMEM;
+    }
+    atomic_init(&b->refs, 1);
+    b->topic_len = 0;
+    b->len = n;
+    memcpy(b->data, p, n);
+    m->type = MW_MSG_PROFILE_DONE;
+    m->fd = l->id;
+    m->blob = b;
+    mw__loop_post(mw__admin, m);
+    return 0;
+}
+
+void mw_reload_all(void) {
+    mw__log(MW_LOG_INFO, 0, "reload requested");
+    mw__reload_all();
 }
 
 void mw_loop_set_status(mw_loop_t *l, double generation, const char *err) {
@@ -188,11 +233,12 @@ static int loop_init(mw_loop_t *l) {
     uv_unref((uv_handle_t *)&l->timeout_timer);
     uv_timer_init(&l->uv, &l->drain_timer);
     uv_unref((uv_handle_t *)&l->drain_timer);
+    mw__stats_start(l);
     /* Lua first: a handler that does not load must not leave a socket accepting. */
     rc = mw__lua_start(l, err, errlen);
     if (rc < 0)
         return rc;
-    if (mw__config.reuseport || l->id == 1) {
+    if (l->reuseport || l->id == 1 || l->is_admin) {
         rc = mw__tcp_listen(l, err, errlen);
         if (rc < 0)
             return rc;
@@ -225,7 +271,7 @@ static void loop_cleanup(mw_loop_t *l) {
         mw_msg_t *next = m->next;
         if (m->type == MW_MSG_FD)
             close(m->fd);
-        if (m->type == MW_MSG_PUBLISH)
+        if (m->type == MW_MSG_PUBLISH || m->type == MW_MSG_PROFILE_DONE)
             mw__blob_unref(m->blob);
         free(m);
         m = next;
@@ -268,6 +314,11 @@ int mw__loop_start_all(void) {
     for (int i = 0; i < mw__nloops; i++) {
         mw_loop_t *l = &mw__loops[i];
         l->id = i + 1;
+        l->script = mw__config.script;
+        l->mode = mw__config.mode;
+        l->host = mw__config.host;
+        l->port = mw__config.port;
+        l->reuseport = mw__config.reuseport;
         pthread_mutex_init(&l->mbox_lock, NULL);
     }
     int created = 0;
@@ -306,6 +357,46 @@ int mw__loop_start_all(void) {
         return -1;
     }
     return 0;
+}
+
+mw_loop_t *mw__admin;
+
+/* The admin listener is a loop of its own (its own thread and Lua state running
+ * lua/moonwire/admin.lua), so a busy or stuck worker loop never delays /metrics. */
+int mw__admin_start(void) {
+    mw_loop_t *l = calloc(1, sizeof *l);
+    if (l == NULL)
+        return -1;
+    l->id = -1;
+    l->is_admin = 1;
+    l->script = mw__config.admin_script;
+    l->mode = "admin";
+    l->host = mw__config.admin_host;
+    l->port = mw__config.admin_port;
+    pthread_mutex_init(&l->mbox_lock, NULL);
+    started_count = 0;
+    if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
+        free(l);
+        return -1;
+    }
+    pthread_mutex_lock(&start_lock);
+    while (started_count < 1)
+        pthread_cond_wait(&start_cond, &start_lock);
+    pthread_mutex_unlock(&start_lock);
+    mw__admin = l;
+    if (l->init_status < 0) {
+        mw__log(MW_LOG_ERROR, 0, "admin listener: %s", l->init_error);
+        return -1;
+    }
+    return 0;
+}
+
+void mw__admin_join(void) {
+    if (mw__admin) {
+        pthread_join(mw__admin->thread, NULL);
+        free(mw__admin);
+        mw__admin = NULL;
+    }
 }
 
 void mw__loop_join_all(void) {

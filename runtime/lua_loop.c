@@ -124,6 +124,20 @@ void mw__lua_reload(mw_loop_t *l) {
     call(l, NULL, 1);
 }
 
+void mw__lua_profile(mw_loop_t *l, int start) {
+    lua_State *L = l->L;
+    push_event(L, MW_EV_PROFILE);
+    lua_pushinteger(L, start);
+    call(l, NULL, 2);
+}
+
+void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b) {
+    lua_State *L = l->L;
+    push_event(L, MW_EV_PROFILE_DONE);
+    lua_pushlstring(L, b->data, b->len);
+    call(l, NULL, 2);
+}
+
 static void set_path(lua_State *L, const char *script_dir) {
     const char *lua_dir = mw__config.lua_dir;
     lua_getglobal(L, "package");
@@ -145,7 +159,7 @@ int mw__lua_start(mw_loop_t *l, char *err, size_t errlen) {
     luaL_openlibs(L);
 
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s", mw__config.script);
+    snprintf(dir, sizeof dir, "%s", l->script);
     char *slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
@@ -166,8 +180,8 @@ int mw__lua_start(mw_loop_t *l, char *err, size_t errlen) {
     lua_pushlightuserdata(L, l);
     lua_pushinteger(L, l->id);
     lua_pushinteger(L, mw__nloops);
-    lua_pushstring(L, mw__config.script);
-    lua_pushstring(L, mw__config.mode);
+    lua_pushstring(L, l->script);
+    lua_pushstring(L, l->mode);
     if (mw__config.static_dir)
         lua_pushstring(L, mw__config.static_dir);
     else

@@ -3,6 +3,7 @@
  * messages (SIGTERM/SIGINT: drain and exit; a second one: close everything now). */
 #include "internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -42,6 +43,9 @@ static const char usage[] =
     "  --drain-timeout MS    on SIGTERM, wait this long for connections (default 5000)\n"
     "  --no-reuseport        one loop accepts and hands connections to the others\n"
     "  --no-watch            do not reload when the handler or its modules change\n"
+    "  --admin HOST:PORT     admin listener: /metrics, /stats, /status, /reload, /profile,\n"
+    "                        /flamegraph and a live dashboard at / (loopback only)\n"
+    "  --admin-allow-remote  allow a non-loopback --admin address\n"
     "  --pid-file PATH       write the process id there (for moonwire reload)\n"
     "  --static DIR          (ws) directory served over HTTP next to the WebSocket\n"
     "  --log-level LEVEL     debug, info, warn, error or off (default info)\n"
@@ -89,19 +93,26 @@ static long parse_num(const char *opt, const char *s, long min, long max) {
     return v;
 }
 
-static void parse_listen(const char *s) {
+static void parse_addr(const char *opt, const char *s, char *host, size_t hostlen, int *port) {
     const char *colon = strrchr(s, ':');
     if (colon == NULL)
-        die("--listen: expected HOST:PORT, got '%s'", s);
+        die("%s: expected HOST:PORT, got '%s'", opt, s);
     const char *h = s;
     size_t hl = (size_t)(colon - s);
     if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']')
         h++, hl -= 2;
-    if (hl == 0 || hl >= sizeof mw__config.host)
-        die("--listen: bad host in '%s'", s);
-    memcpy(mw__config.host, h, hl);
-    mw__config.host[hl] = '\0';
-    mw__config.port = (int)parse_num("--listen", colon + 1, 0, 65535);
+    if (hl == 0 || hl >= hostlen)
+        die("%s: bad host in '%s'", opt, s);
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (int)parse_num(opt, colon + 1, 0, 65535);
+}
+
+static int is_loopback(const char *host) {
+    struct in_addr a4;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return strcmp(host, "::1") == 0;
 }
 
 static const char *find_lua_dir(const char *given) {
@@ -156,15 +167,26 @@ static uv_async_t loops_done;
 static int signals_seen;
 _Atomic int mw__loops_exited;
 
+static void post_everywhere(int type) {
+    mw__loop_post_all(type);
+    if (mw__admin) {
+        mw_msg_t *m = calloc(1, sizeof *m);
+        if (m) {
+            m->type = type;
+            mw__loop_post(mw__admin, m);
+        }
+    }
+}
+
 static void on_stop_signal(uv_signal_t *h, int signum) {
     (void)h;
     if (signals_seen++ == 0) {
         mw__log(MW_LOG_INFO, 0, "%s: shutting down (draining up to %u ms; repeat to force)",
                 signum == SIGINT ? "SIGINT" : "SIGTERM", mw__config.drain_timeout_ms);
-        mw__loop_post_all(MW_MSG_SHUTDOWN);
+        post_everywhere(MW_MSG_SHUTDOWN);
     } else {
         mw__log(MW_LOG_INFO, 0, "second signal: closing every connection now");
-        mw__loop_post_all(MW_MSG_STOP);
+        post_everywhere(MW_MSG_STOP);
     }
 }
 
@@ -176,7 +198,7 @@ static void on_hup(uv_signal_t *h, int signum) {
 }
 
 static void on_loops_done(uv_async_t *a) {
-    if (atomic_load(&mw__loops_exited) < mw__nloops)
+    if (atomic_load(&mw__loops_exited) < mw__nloops + (mw__admin ? 1 : 0))
         return;
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
@@ -210,6 +232,8 @@ int main(int argc, char **argv) {
     const char *command = NULL;
     int loops_auto = 0;
     long max_conns = -1;
+    const char *admin = NULL;
+    int admin_remote = 0;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -229,7 +253,7 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(a, "--listen") == 0) {
             NEEDV();
-            parse_listen(v);
+            parse_addr(a, v, mw__config.host, sizeof mw__config.host, &mw__config.port);
         } else if (strcmp(a, "--loops") == 0) {
             NEEDV();
             if (strcmp(v, "auto") == 0)
@@ -258,6 +282,11 @@ int main(int argc, char **argv) {
             mw__config.reuseport = 0;
         } else if (strcmp(a, "--no-watch") == 0) {
             mw__config.watch = 0;
+        } else if (strcmp(a, "--admin") == 0) {
+            NEEDV();
+            admin = v;
+        } else if (strcmp(a, "--admin-allow-remote") == 0) {
+            admin_remote = 1;
         } else if (strcmp(a, "--pid-file") == 0) {
             NEEDV();
             mw__config.pid_file = v;
@@ -299,6 +328,7 @@ int main(int argc, char **argv) {
         die("--high-water (%zu) must not exceed --max-write-queue (%zu)", mw__config.high_water,
             mw__config.max_write_queue);
 
+    char err[256];
     static char script_abs[PATH_MAX];
     if (access(script, R_OK) != 0 || realpath(script, script_abs) == NULL)
         die("cannot read handler script '%s': %s", script, strerror(errno));
@@ -310,6 +340,19 @@ int main(int argc, char **argv) {
         mw__config.static_dir = static_abs;
     }
     mw__config.lua_dir = find_lua_dir(lua_dir);
+    if (admin) {
+        parse_addr("--admin", admin, mw__config.admin_host, sizeof mw__config.admin_host,
+                   &mw__config.admin_port);
+        if (!admin_remote && !is_loopback(mw__config.admin_host))
+            die("--admin %s is not a loopback address: the admin listener can reload code and "
+                "profile the server, so it stays on 127.0.0.1 or ::1 unless "
+                "--admin-allow-remote is given",
+                admin);
+        snprintf(mw__config.admin_script, sizeof mw__config.admin_script, "%s/moonwire/admin.lua",
+                 mw__config.lua_dir);
+        if (mw__tcp_probe(mw__config.admin_host, &mw__config.admin_port, err, sizeof err) < 0)
+            die("--admin: %s", err);
+    }
 
     raise_nofile();
     mw__config.max_conns = max_conns > 0 ? max_conns : default_max_conns();
@@ -318,7 +361,6 @@ int main(int argc, char **argv) {
         mw__config.nloops = mw__cpu_auto(getenv("MOONWIRE_CGROUP_CPU_MAX"), why, sizeof why);
     mw__nloops = mw__config.nloops;
 
-    char err[256];
     if (mw__tcp_probe(mw__config.host, &mw__config.port, err, sizeof err) < 0)
         die("%s", err);
 
@@ -335,6 +377,12 @@ int main(int argc, char **argv) {
         mw__watch_start(main_loop);
     if (mw__loop_start_all() < 0)
         return 1;
+    if (mw__config.admin_port && mw__admin_start() < 0) {
+        mw__loop_post_all(MW_MSG_STOP);
+        mw__loop_join_all();
+        mw__admin_join();
+        return 1;
+    }
     if (mw__config.pid_file) {
         FILE *pf = fopen(mw__config.pid_file, "w");
         if (pf == NULL)
@@ -349,9 +397,13 @@ int main(int argc, char **argv) {
     mw__log(MW_LOG_INFO, 0, "moonwire %s listening on %s:%d, %d loop(s)%s%s, handler %s",
             MW_VERSION, hostbuf, mw__config.port, mw__nloops, loops_auto ? " " : "", why,
             mw__config.script);
+    if (mw__config.admin_port)
+        mw__log(MW_LOG_INFO, 0, "admin listener on http://%s:%d/", mw__config.admin_host,
+                mw__config.admin_port);
 
     uv_run(main_loop, UV_RUN_DEFAULT);
     mw__loop_join_all();
+    mw__admin_join();
     mw__watch_free();
     if (mw__config.pid_file)
         unlink(mw__config.pid_file);

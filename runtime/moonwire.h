@@ -65,4 +65,36 @@ void mw_loop_set_status(mw_loop_t *l, double generation, const char *err);
 /* Asks the main thread to watch a file (absolute path) and reload when it changes. */
 void mw_watch_file(const char *path);
 
+/* Counters Lua updates directly (plain stores from the owning loop's thread; doubles so the
+ * JIT compiles the increments to one add). */
+typedef struct mw_lua_stats_s {
+    double messages_in;
+    double messages_out;
+} mw_lua_stats_t;
+mw_lua_stats_t *mw_loop_lua_stats(mw_loop_t *l);
+
+/* A snapshot of one loop's statistics, for the admin listener. */
+typedef struct mw_loop_stats_s {
+    int id;
+    double generation;
+    unsigned long long open_conns, accepted, closed, rejected;
+    unsigned long long closed_eof, closed_reset, closed_timeout, closed_error, closed_limit,
+        closed_local;
+    unsigned long long bytes_in, bytes_out, reads, writes, messages_in, messages_out;
+    unsigned long long handler_errors, write_queue_bytes, paused_conns, timers;
+    unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
+    unsigned long long stuck, stuck_ms, spinning_fds;
+    char reload_error[512];
+} mw_loop_stats_t;
+int mw_stats_nloops(void);
+/* Fills out for loop idx (1..N). Returns 0, or -1 for a bad index. */
+int mw_stats_loop(int idx, mw_loop_stats_t *out);
+void mw_stats_gc_cycle(mw_loop_t *l);
+/* Profiler plumbing for the admin listener: start or stop jit.profile inside worker loop
+ * loop_id (its own thread), and hand a loop's folded stacks back to the admin loop. */
+int mw_profile_control(int loop_id, int start);
+int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
+/* Asks every loop to reload (as SIGHUP does). */
+void mw_reload_all(void);
+
 #endif

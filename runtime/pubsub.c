@@ -24,6 +24,8 @@ void mw__blob_unref(mw_blob_t *b) {
 }
 
 int mw_publish(mw_loop_t *l, const char *topic, size_t tlen, const char *msg, size_t mlen) {
+    if (l->is_admin)
+        return -EINVAL; /* the admin loop is not part of the pubsub fabric */
     if (l->outbox_n == l->outbox_cap) {
         int cap = l->outbox_cap ? l->outbox_cap * 2 : 64;
         mw_blob_t **nb = realloc(l->outbox, sizeof *nb * (size_t)cap);

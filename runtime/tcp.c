@@ -80,7 +80,7 @@ static void on_connection(uv_stream_t *server, int status) {
         MW_LOG(MW_LOG_WARN, l->id, "accept error: %s", uv_strerror(status));
         return;
     }
-    if (mw__config.reuseport || mw__nloops == 1) {
+    if (l->reuseport || l->is_admin || mw__nloops == 1) {
         mw__conn_accept(l, server);
         return;
     }
@@ -115,10 +115,9 @@ static void on_connection(uv_stream_t *server, int status) {
 
 int mw__tcp_listen(mw_loop_t *l, char *err, size_t errlen) {
     int fd;
-    int rc = make_socket(mw__config.host, mw__config.port, mw__config.reuseport, &fd, NULL);
+    int rc = make_socket(l->host, l->port, l->reuseport, &fd, NULL);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", mw__config.host, mw__config.port,
-                 uv_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", l->host, l->port, uv_strerror(rc));
         return rc;
     }
     uv_tcp_init(&l->uv, &l->listener);
@@ -127,8 +126,7 @@ int mw__tcp_listen(mw_loop_t *l, char *err, size_t errlen) {
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&l->listener, 4096, on_connection);
     if (rc < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", mw__config.host, mw__config.port,
-                 uv_strerror(rc));
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", l->host, l->port, uv_strerror(rc));
         uv_close((uv_handle_t *)&l->listener, NULL);
         return rc;
     }

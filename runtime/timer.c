@@ -29,7 +29,11 @@ void mw__timeouts_arm(mw_loop_t *l) {
     l->armed_deadline = best;
 }
 
+char mw__lua_timer_tag;
+
 static void on_timer_closed(uv_handle_t *h) {
+    mw_timer_t *t = (mw_timer_t *)h;
+    MW_STAT_ADD(t->loop->stats.timers, (uint64_t)-1);
     free(h);
 }
 
@@ -43,7 +47,9 @@ mw_timer_t *mw_timer_start(mw_loop_t *l, double ms, double repeat, double ref) {
     if (t == NULL)
         return NULL;
     uv_timer_init(&l->uv, &t->handle);
+    t->handle.data = &mw__lua_timer_tag;
     t->loop = l;
+    MW_STAT_ADD(l->stats.timers, 1);
     t->ref = ref;
     uint64_t first = ms < 0 ? 0 : (uint64_t)ms;
     uint64_t rep = repeat < 0 ? 0 : (uint64_t)repeat;

@@ -72,8 +72,11 @@ function methods:write_ptr(ptr, len)
   return write_result(r)
 end
 
+local counters = { messages_out = 0 } -- replaced by the loop's C counters at start
+
 --- Frames msg with the handler's protocol and queues it.
 function methods:send(msg)
+  counters.messages_out = counters.messages_out + 1
   local proto = self._proto
   if proto == nil then
     error("conn:send needs a protocol in the handler (for example protocol = frame.lines())", 2)
@@ -190,6 +193,16 @@ local mt = {
 --- Called once per loop: the loop table every connection refers to.
 function _M.set_loop(loop)
   methods.loop = loop
+end
+
+--- Messages sent are counted in the loop's statistics (mw_lua_stats_t).
+function _M.set_counters(c)
+  counters = c
+end
+
+--- Counts n messages written without conn:send (HTTP responses, WebSocket frames).
+function _M.count_out(n)
+  counters.messages_out = counters.messages_out + n
 end
 
 function _M.new(cptr, id)

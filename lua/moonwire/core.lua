@@ -29,6 +29,29 @@ int mw_log_get_level(void);
 int mw_publish(mw_loop_t *l, const char *topic, size_t tlen, const char *msg, size_t mlen);
 
 void mw_loop_set_status(mw_loop_t *l, double generation, const char *err);
+typedef struct mw_lua_stats_s {
+    double messages_in;
+    double messages_out;
+} mw_lua_stats_t;
+mw_lua_stats_t *mw_loop_lua_stats(mw_loop_t *l);
+typedef struct mw_loop_stats_s {
+    int id;
+    double generation;
+    unsigned long long open_conns, accepted, closed, rejected;
+    unsigned long long closed_eof, closed_reset, closed_timeout, closed_error, closed_limit,
+        closed_local;
+    unsigned long long bytes_in, bytes_out, reads, writes, messages_in, messages_out;
+    unsigned long long handler_errors, write_queue_bytes, paused_conns, timers;
+    unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
+    unsigned long long stuck, stuck_ms, spinning_fds;
+    char reload_error[512];
+} mw_loop_stats_t;
+int mw_stats_nloops(void);
+int mw_stats_loop(int idx, mw_loop_stats_t *out);
+void mw_stats_gc_cycle(mw_loop_t *l);
+void mw_reload_all(void);
+int mw_profile_control(int loop_id, int start);
+int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
 void mw_watch_file(const char *path);
 
 void *memchr(const void *s, int c, size_t n);

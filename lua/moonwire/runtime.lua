@@ -18,6 +18,7 @@ local pairs = pairs
 local tostring = tostring
 local setmetatable = setmetatable
 local getmetatable = getmetatable
+local newproxy = newproxy
 local co_create = coroutine.create
 local co_resume = coroutine.resume
 local co_running = coroutine.running
@@ -30,6 +31,7 @@ local u8p = ffi.typeof("const uint8_t *")
 -- Events, as in runtime/internal.h.
 local EV_OPEN, EV_INPUT, EV_DRAIN, EV_TIMEOUT = 1, 2, 3, 4
 local EV_CLOSE, EV_TIMER, EV_SHUTDOWN, EV_PUBLISH, EV_RELOAD = 5, 6, 7, 8, 9
+local EV_PROFILE, EV_PROFILE_DONE = 10, 11
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -91,7 +93,7 @@ local function is_library(path)
 end
 
 local function watch(path)
-  if core.in_runtime then
+  if core.in_runtime and run_mode ~= "admin" then
     C.mw_watch_file(path)
   end
 end
@@ -207,9 +209,12 @@ end
 
 -- ---- framing ---------------------------------------------------------------------------
 
+local counters -- mw_lua_stats_t *: messages in/out, read by the admin listener
+
 local function framed_input(conn, h, proto, p, n)
   local buf = cast(u8p, p)
   local off = 0
+  local ctr = counters
   local on_message = h.on_message
   local decode = proto.decode
   while off < n do
@@ -223,6 +228,7 @@ local function framed_input(conn, h, proto, p, n)
       break
     end
     off = off + used
+    ctr.messages_in = ctr.messages_in + 1
     if on_message then
       on_message(conn, msg)
     end
@@ -370,6 +376,18 @@ local function dispatch(ev, id, a, b)
   elseif ev == EV_RELOAD then
     _M.reload()
     return 0
+  elseif ev == EV_PROFILE then
+    local profiler = require "moonwire.profiler"
+    if id == 1 then
+      profiler.start(loop.id)
+    else
+      local folded = profiler.stop()
+      C.mw_profile_result(loop_ptr, folded, #folded)
+    end
+    return 0
+  elseif ev == EV_PROFILE_DONE then
+    require("moonwire.profiler").on_result(id)
+    return 0
   elseif ev == EV_SHUTDOWN then
     local f = handler.on_shutdown
     if f then
@@ -392,7 +410,18 @@ end
 --- Called once by the C core in each loop's own thread. Returns the dispatcher.
 function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   loop_ptr = cast("mw_loop_t *", lud)
+  counters = C.mw_loop_lua_stats(loop_ptr)
+  connmod.set_counters(counters)
   script_path, run_mode, static_path, lib_dir = script, mode, static_dir, lua_dir
+  -- Count garbage-collector cycles: a sentinel whose finalizer re-arms itself each cycle.
+  local function gc_sentinel()
+    local proxy = newproxy(true)
+    getmetatable(proxy).__gc = function()
+      C.mw_stats_gc_cycle(loop_ptr)
+      gc_sentinel()
+    end
+  end
+  gc_sentinel()
   table.insert(package.loaders, 2, app_searcher)
   loop = {
     id = id,
@@ -404,6 +433,7 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
     now = function() return C.mw_loop_now(loop_ptr) end,
     spawn = spawn,
     sleep = sleep,
+    _ptr = loop_ptr,
     log = log,
     connections = count_conns,
     each_connection = function() return pairs(conns) end,
