@@ -84,6 +84,8 @@ typedef struct mw_config_s {
     char admin_host[64]; /* admin listener, off when admin_port is 0 */
     int admin_port;
     char admin_script[4096];
+    unsigned watchdog_ms;     /* report a callback running longer; 0 = off */
+    unsigned max_callback_ms; /* abort a callback running longer; 0 = off */
 } mw_config_t;
 
 extern mw_config_t mw__config;
@@ -220,6 +222,22 @@ void mw__timeouts_arm(mw_loop_t *l);
 
 /* ---- the loop (loop.c) -------------------------------------------------------------- */
 
+/* Events delivered to the Lua dispatcher; mirrored in lua/moonwire/runtime.lua. */
+enum {
+    MW_EV_OPEN = 1,
+    MW_EV_INPUT,
+    MW_EV_DRAIN,
+    MW_EV_TIMEOUT,
+    MW_EV_CLOSE,
+    MW_EV_TIMER,
+    MW_EV_SHUTDOWN,
+    MW_EV_PUBLISH,
+    MW_EV_RELOAD,
+    MW_EV_PROFILE,      /* worker: start/stop profiling */
+    MW_EV_PROFILE_DONE, /* admin: folded stacks from a loop */
+    MW_EV_MAX,
+};
+
 struct mw_loop_s {
     int id; /* 1..N; the admin loop is -1 */
     int is_admin;
@@ -243,6 +261,16 @@ struct mw_loop_s {
     mw_lua_stats_t lua_stats; /* counters Lua bumps directly through the FFI */
     struct lua_State *L;
     int in_lua; /* > 0 while a Lua callback runs: anything needing Lua is deferred */
+    /* watchdog (watchdog.c): written by the loop around every callback, read by the
+     * watchdog thread */
+    _Atomic uint64_t dispatch_seq;
+    _Atomic int in_cb;
+    _Atomic int cb_event;
+    _Atomic uint64_t wd_seq;
+    _Atomic int wd_abort;
+    _Atomic int wd_have_stack;
+    char stuck_stack[2048];
+    char cb_info[MW_EV_MAX][256]; /* per event: which callback, defined where */
     char *rbuf; /* shared read buffer: reads land here unless a connection has leftovers */
     mw_bufcache_t bufcache;
     double next_conn_id;
@@ -318,21 +346,6 @@ void mw__lua_reload(mw_loop_t *l);
 void mw__lua_profile(mw_loop_t *l, int start);
 void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b);
 
-/* Events delivered to the Lua dispatcher; mirrored in lua/moonwire/runtime.lua. */
-enum {
-    MW_EV_OPEN = 1,
-    MW_EV_INPUT,
-    MW_EV_DRAIN,
-    MW_EV_TIMEOUT,
-    MW_EV_CLOSE,
-    MW_EV_TIMER,
-    MW_EV_SHUTDOWN,
-    MW_EV_PUBLISH,
-    MW_EV_RELOAD,
-    MW_EV_PROFILE,      /* worker: start/stop profiling */
-    MW_EV_PROFILE_DONE, /* admin: folded stacks from a loop */
-};
-
 uint64_t mw__now_ms(void);
 
 /* ---- process (main.c, cpu.c) -------------------------------------------------------- */
@@ -340,6 +353,8 @@ uint64_t mw__now_ms(void);
 void mw__main_notify_exit(void);
 void mw__reload_all(void);
 int mw__ctl_main(int argc, char **argv);
+int mw__watchdog_start(void);
+void mw__watchdog_stop(void);
 
 /* ---- file watching for hot reload (watch.c) ---------------------------------------- */
 

@@ -34,7 +34,12 @@ static int traceback(lua_State *L) {
 static double call(mw_loop_t *l, mw_conn_t *c, int nargs) {
     lua_State *L = l->L;
     l->in_lua++;
+    atomic_store_explicit(&l->dispatch_seq,
+                          atomic_load_explicit(&l->dispatch_seq, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&l->in_cb, 1, memory_order_relaxed);
     int rc = lua_pcall(L, nargs, 1, SLOT_TRACEBACK);
+    atomic_store_explicit(&l->in_cb, 0, memory_order_relaxed);
     l->in_lua--;
     if (rc != 0) {
         const char *msg = lua_tostring(L, -1);
@@ -56,14 +61,16 @@ static double call(mw_loop_t *l, mw_conn_t *c, int nargs) {
     return r;
 }
 
-static void push_event(lua_State *L, int ev) {
+static void push_event(mw_loop_t *l, int ev) {
+    lua_State *L = l->L;
+    atomic_store_explicit(&l->cb_event, ev, memory_order_relaxed);
     lua_pushvalue(L, SLOT_DISPATCH);
     lua_pushinteger(L, ev);
 }
 
 void mw__lua_open(mw_loop_t *l, mw_conn_t *c) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_OPEN);
+    push_event(l, MW_EV_OPEN);
     lua_pushnumber(L, c->id);
     lua_pushlightuserdata(L, c);
     call(l, c, 3);
@@ -71,7 +78,7 @@ void mw__lua_open(mw_loop_t *l, mw_conn_t *c) {
 
 long mw__lua_input(mw_loop_t *l, mw_conn_t *c, const char *p, size_t n) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_INPUT);
+    push_event(l, MW_EV_INPUT);
     lua_pushnumber(L, c->id);
     lua_pushlightuserdata(L, (void *)p);
     lua_pushinteger(L, (lua_Integer)n);
@@ -83,7 +90,7 @@ long mw__lua_input(mw_loop_t *l, mw_conn_t *c, const char *p, size_t n) {
 
 int mw__lua_event(mw_loop_t *l, mw_conn_t *c, int ev) {
     lua_State *L = l->L;
-    push_event(L, ev);
+    push_event(l, ev);
     lua_pushnumber(L, c->id);
     double r = call(l, c, 2);
     return r < 0 ? 1 : (int)r; /* an erroring handler has already closed the connection */
@@ -91,7 +98,7 @@ int mw__lua_event(mw_loop_t *l, mw_conn_t *c, int ev) {
 
 void mw__lua_close(mw_loop_t *l, mw_conn_t *c) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_CLOSE);
+    push_event(l, MW_EV_CLOSE);
     lua_pushnumber(L, c->id);
     lua_pushstring(L, mw__reason_name(c->reason));
     call(l, NULL, 3); /* the connection is already closing: an error here only logs */
@@ -99,41 +106,39 @@ void mw__lua_close(mw_loop_t *l, mw_conn_t *c) {
 
 void mw__lua_timer(mw_loop_t *l, double ref) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_TIMER);
+    push_event(l, MW_EV_TIMER);
     lua_pushnumber(L, ref);
     call(l, NULL, 2);
 }
 
 void mw__lua_shutdown(mw_loop_t *l) {
-    lua_State *L = l->L;
-    push_event(L, MW_EV_SHUTDOWN);
+    push_event(l, MW_EV_SHUTDOWN);
     call(l, NULL, 1);
 }
 
 void mw__lua_publish(mw_loop_t *l, mw_blob_t *b) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_PUBLISH);
+    push_event(l, MW_EV_PUBLISH);
     lua_pushlstring(L, b->data, b->topic_len);
     lua_pushlstring(L, b->data + b->topic_len, b->len);
     call(l, NULL, 3);
 }
 
 void mw__lua_reload(mw_loop_t *l) {
-    lua_State *L = l->L;
-    push_event(L, MW_EV_RELOAD);
+    push_event(l, MW_EV_RELOAD);
     call(l, NULL, 1);
 }
 
 void mw__lua_profile(mw_loop_t *l, int start) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_PROFILE);
+    push_event(l, MW_EV_PROFILE);
     lua_pushinteger(L, start);
     call(l, NULL, 2);
 }
 
 void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b) {
     lua_State *L = l->L;
-    push_event(L, MW_EV_PROFILE_DONE);
+    push_event(l, MW_EV_PROFILE_DONE);
     lua_pushlstring(L, b->data, b->len);
     call(l, NULL, 2);
 }
@@ -208,6 +213,10 @@ void mw__lua_stop(mw_loop_t *l) {
         lua_close(l->L);
         l->L = NULL;
     }
+}
+
+unsigned mw_config_max_callback_ms(void) {
+    return mw__config.max_callback_ms;
 }
 
 int mw_abi_version(void) {

@@ -46,6 +46,10 @@ static const char usage[] =
     "  --admin HOST:PORT     admin listener: /metrics, /stats, /status, /reload, /profile,\n"
     "                        /flamegraph and a live dashboard at / (loopback only)\n"
     "  --admin-allow-remote  allow a non-loopback --admin address\n"
+    "  --watchdog-ms MS      report a loop stuck in one callback this long (default 1000;\n"
+    "                        0 = off)\n"
+    "  --max-callback-ms MS  abort a callback running this long with a Lua error (default\n"
+    "                        0 = off; keeps the handler's own code out of the JIT)\n"
     "  --pid-file PATH       write the process id there (for moonwire reload)\n"
     "  --static DIR          (ws) directory served over HTTP next to the WebSocket\n"
     "  --log-level LEVEL     debug, info, warn, error or off (default info)\n"
@@ -227,6 +231,7 @@ int main(int argc, char **argv) {
     mw__config.high_water = 256 * 1024;
     mw__config.drain_timeout_ms = 5000;
     mw__config.watch = 1;
+    mw__config.watchdog_ms = 1000;
     const char *lua_dir = NULL;
     const char *script = NULL;
     const char *command = NULL;
@@ -285,6 +290,12 @@ int main(int argc, char **argv) {
         } else if (strcmp(a, "--admin") == 0) {
             NEEDV();
             admin = v;
+        } else if (strcmp(a, "--watchdog-ms") == 0) {
+            NEEDV();
+            mw__config.watchdog_ms = (unsigned)parse_num(a, v, 0, 86400000);
+        } else if (strcmp(a, "--max-callback-ms") == 0) {
+            NEEDV();
+            mw__config.max_callback_ms = (unsigned)parse_num(a, v, 0, 86400000);
         } else if (strcmp(a, "--admin-allow-remote") == 0) {
             admin_remote = 1;
         } else if (strcmp(a, "--pid-file") == 0) {
@@ -377,7 +388,10 @@ int main(int argc, char **argv) {
         mw__watch_start(main_loop);
     if (mw__loop_start_all() < 0)
         return 1;
+    if (mw__watchdog_start() < 0)
+        mw__log(MW_LOG_WARN, 0, "cannot start the watchdog thread");
     if (mw__config.admin_port && mw__admin_start() < 0) {
+        mw__watchdog_stop();
         mw__loop_post_all(MW_MSG_STOP);
         mw__loop_join_all();
         mw__admin_join();
@@ -403,6 +417,7 @@ int main(int argc, char **argv) {
 
     uv_run(main_loop, UV_RUN_DEFAULT);
     mw__loop_join_all();
+    mw__watchdog_stop();
     mw__admin_join();
     mw__watch_free();
     if (mw__config.pid_file)

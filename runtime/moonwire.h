@@ -94,6 +94,10 @@ void mw_stats_gc_cycle(mw_loop_t *l);
  * loop_id (its own thread), and hand a loop's folded stacks back to the admin loop. */
 int mw_profile_control(int loop_id, int start);
 int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
+/* Tells the watchdog which callback event ev runs ("on_data at app.lua:12"), for reports. */
+void mw_loop_set_callback_info(mw_loop_t *l, int ev, const char *info);
+/* --max-callback-ms (0 when off): handler code is kept interpretable when it is set. */
+unsigned mw_config_max_callback_ms(void);
 /* Asks every loop to reload (as SIGHUP does). */
 void mw_reload_all(void);
 

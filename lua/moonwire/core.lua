@@ -50,6 +50,8 @@ int mw_stats_nloops(void);
 int mw_stats_loop(int idx, mw_loop_stats_t *out);
 void mw_stats_gc_cycle(mw_loop_t *l);
 void mw_reload_all(void);
+void mw_loop_set_callback_info(mw_loop_t *l, int ev, const char *info);
+unsigned mw_config_max_callback_ms(void);
 int mw_profile_control(int loop_id, int start);
 int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
 void mw_watch_file(const char *path);

@@ -44,6 +44,7 @@ local next_ref = 0
 local generation = 1 -- bumped by every successful reload
 local script_path, run_mode, static_path, lib_dir
 local app_modules = {} -- module name -> file, for modules loaded from the application's dirs
+local interruptible = false -- --max-callback-ms is set
 
 local HANDLER_FIELDS = {
   init = "function", on_open = "function", on_data = "function", on_message = "function",
@@ -112,6 +113,9 @@ local function app_searcher(name)
   if chunk == nil then
     error(err, 0)
   end
+  if interruptible and jit then
+    jit.off(chunk, true)
+  end
   app_modules[name] = path
   return chunk
 end
@@ -121,6 +125,11 @@ function _M.load(script, mode, static_dir)
   local chunk, err = loadfile(script)
   if chunk == nil then
     error(err, 0)
+  end
+  if interruptible and jit then
+    -- --max-callback-ms: keep the handler's own functions in the interpreter, where the
+    -- watchdog's hook can stop them (LuaJIT checks no hooks inside compiled loops).
+    jit.off(chunk, true)
   end
   local ok, h = xpcall(chunk, traceback)
   if not ok then
@@ -239,6 +248,34 @@ local function framed_input(conn, h, proto, p, n)
   return off
 end
 
+-- ---- what the watchdog reports ------------------------------------------------------------
+
+local function where(name, f)
+  if type(f) ~= "function" then
+    return name
+  end
+  local info = debug.getinfo(f, "S")
+  return ("%s at %s:%d"):format(name, info.short_src, info.linedefined)
+end
+
+local function describe_callbacks(h)
+  if not core.in_runtime then
+    return
+  end
+  local input = h.on_input and where("on_input", h.on_input) or h.on_data and where("on_data", h.on_data)
+    or h.protocol and where("on_message", h.on_message) or "input"
+  local info = {
+    [EV_OPEN] = where("on_open", h.on_open), [EV_INPUT] = input,
+    [EV_DRAIN] = where("on_drain", h.on_drain), [EV_TIMEOUT] = where("on_timeout", h.on_timeout),
+    [EV_CLOSE] = where("on_close", h.on_close), [EV_TIMER] = "a timer callback",
+    [EV_SHUTDOWN] = where("on_shutdown", h.on_shutdown), [EV_PUBLISH] = "a pubsub subscriber",
+    [EV_RELOAD] = "a reload of " .. tostring(script_path),
+  }
+  for ev, text in pairs(info) do
+    C.mw_loop_set_callback_info(loop_ptr, ev, text)
+  end
+end
+
 -- ---- reload -------------------------------------------------------------------------------
 
 local function first_line(msg)
@@ -274,6 +311,7 @@ function _M.reload()
     return false, msg
   end
   local old = handler
+  describe_callbacks(h)
   generation = generation + 1
   loop.generation = generation
   handler = h
@@ -443,7 +481,9 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   pubsub._set_loop(loop_ptr)
   mw.loop = loop
   watch(script)
+  interruptible = C.mw_config_max_callback_ms() > 0
   handler = _M.load(script, mode, static_dir)
+  describe_callbacks(handler)
   C.mw_loop_set_status(loop_ptr, generation, "")
   local init = handler.init
   if init then
