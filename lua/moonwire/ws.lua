@@ -26,6 +26,7 @@ local deflate = require "moonwire.ws.deflate"
 local band, rshift = bit.band, bit.rshift
 local copy, ffi_string = ffi.copy, ffi.string
 local type, error, setmetatable, tostring, pcall, require = type, error, setmetatable, tostring, pcall, require
+local rawget, rawset = rawget, rawset
 local char = string.char
 local header, unmask, rotate, put_header = frame.header, frame.unmask, frame.rotate, frame.put_header
 local feed, ACCEPT, REJECT = utf8.feed, utf8.ACCEPT, utf8.REJECT
@@ -67,13 +68,17 @@ local MAX_SKIP = 65536
 
 local out = buffer.new(SCRATCH)  -- one outgoing frame at a time, per loop
 
+-- Open WebSockets of this loop, for going_away() at shutdown.
+local live = setmetatable({}, { __mode = "k" })
+
 local EMPTY = {}
 
 local log_mod
 local function log(level, fmt, ...)
   if log_mod == nil then
+    -- Only inside the runtime: a plain luajit (unit specs) stays quiet.
     local ok, mw = pcall(require, "moonwire")
-    log_mod = ok and type(mw) == "table" and mw.log or false
+    log_mod = ok and type(mw) == "table" and mw.loop and mw.log or false
   end
   if log_mod then log_mod[level](fmt, ...) end
 end
@@ -118,7 +123,7 @@ end
 local function write_message(ws, b0, msg)
   local len = #msg
   local z = ws._z
-  if z and len >= z.threshold then
+  if z and len >= z.agreed.threshold then
     out:reset():reserve(10)
     out:commit(10)
     local n, err = z:compress(msg, len, out)
@@ -146,7 +151,22 @@ end
 ---------------------------------------------------------------------------
 
 local WS = {}
-local ws_mt = { __index = WS, __name = "moonwire.ws" }
+-- Fields every connection would rarely use are computed on first access
+-- instead of stored: an idle WebSocket is a table of three or four fields.
+local ws_mt = { __name = "moonwire.ws" }
+ws_mt.__index = function(self, k)
+  local m = WS[k]
+  if m ~= nil then return m end
+  if k == "state" then
+    local st = {}
+    rawset(self, "state", st)
+    return st
+  elseif k == "extensions" then
+    local z = rawget(self, "_z")
+    return z and z.agreed.response
+  end
+  return nil
+end
 
 local function check_kind(kind)
   if kind == nil or kind == "text" then return 0x81 end
@@ -184,7 +204,7 @@ function WS:close(code, reason)
   local payload = close_payload(code, reason)
   self._st = CLOSING
   write_frame(self.conn, 0x88, payload, #payload)
-  local t = self._route and opt(self._route, "close_timeout") or DEFAULTS.close_timeout
+  local t = self._ct or DEFAULTS.close_timeout
   self.conn:set_timeout(t)
   return true
 end
@@ -318,7 +338,7 @@ local function control(ws, conn, route, op, p, len)
     if not frame.valid_close_code(code) then
       return fail(ws, conn, route, 1002, "invalid close code " .. code, 0)
     end
-    if feed(ACCEPT, p + 2, len - 2) ~= ACCEPT then
+    if feed(ACCEPT, p, 2, len - 2) ~= ACCEPT then
       return fail(ws, conn, route, 1007, "close reason is not valid UTF-8", 0)
     end
     reason = ffi_string(p + 2, len - 2)
@@ -347,7 +367,7 @@ end
 -- Consumes payload bytes of the frame in progress (ws._rem bytes left)
 -- and returns how many it consumed.  On a failure the connection leaves
 -- the OPEN state and the rest of the frame is skipped.
-local function payload(ws, conn, route, p, avail)
+local function payload(ws, conn, route, buf, pos, avail)
   local n = ws._rem
   if n > avail then n = avail end
   local mbuf = ws._mbuf
@@ -358,7 +378,7 @@ local function payload(ws, conn, route, p, avail)
     while done < n do
       local k = n - done
       if k > SCRATCH then k = SCRATCH end
-      unmask(scratch, p + done, k, ws._mask)
+      unmask(scratch, 0, buf, pos + done, k, ws._mask)
       ws._mask = rotate(ws._mask, k % 4)
       done = done + k
       local ok, err = ws._z:decompress(scratch, k, ws._ffin and done == ws._rem, mbuf, limit)
@@ -373,10 +393,10 @@ local function payload(ws, conn, route, p, avail)
     end
   else
     local dst = mbuf:reserve(n)
-    local ascii = unmask(dst, p, n, ws._mask)
+    local ascii = unmask(dst, 0, buf, pos, n, ws._mask)
     ws._mask = rotate(ws._mask, n % 4)
     if ws._mop == 1 and not (ascii and ws._u8 == ACCEPT) then
-      local st = feed(ws._u8, dst, n)
+      local st = feed(ws._u8, dst, 0, n)
       if st == REJECT then
         fail(ws, conn, route, 1007, "text message is not valid UTF-8", ws._rem - n)
         return n
@@ -395,7 +415,8 @@ local function finish(ws, conn, route)
   ws._mop = nil
   if ws._mz then
     ws._mz = nil
-    if op == 1 and feed(ACCEPT, mbuf:ref()) ~= ACCEPT then
+    local p, n = mbuf:ref()
+    if op == 1 and feed(ACCEPT, p, 0, n) ~= ACCEPT then
       return fail(ws, conn, route, 1007, "text message is not valid UTF-8", 0)
     end
   elseif op == 1 and ws._u8 ~= ACCEPT then
@@ -409,12 +430,12 @@ end
 -- Starts a frame whose header (hl bytes) is complete at p.  Returns the
 -- bytes consumed (the header, and the payload when it could be handled at
 -- once); on a protocol violation the connection is failed.
-local function start_frame(ws, conn, route, p, avail, hl, plen, mask)
-  local b0 = p[0]
+local function start_frame(ws, conn, route, buf, pos, avail, hl, plen, mask)
+  local b0 = buf[pos]
   local op = band(b0, 0x0F)
   local fin = b0 >= 0x80
   local rsv = band(b0, 0x70)
-  if p[1] < 0x80 then
+  if buf[pos + 1] < 0x80 then
     return fail(ws, conn, route, 1002, "client frame is not masked", plen, hl)
   end
   if op >= 0x8 then
@@ -424,7 +445,7 @@ local function start_frame(ws, conn, route, p, avail, hl, plen, mask)
     if plen > 125 then return fail(ws, conn, route, 1002, "control frame over 125 bytes", plen, hl) end
     if rsv ~= 0 then return fail(ws, conn, route, 1002, "RSV bits set on a control frame", plen, hl) end
     if avail < hl + plen then return 0 end
-    unmask(scratch, p + hl, plen, mask)
+    unmask(scratch, 0, buf, pos + hl, plen, mask)
     if ws._st == OPEN or op == 0x8 then control(ws, conn, route, op, scratch, plen) end
     return hl + plen
   end
@@ -450,8 +471,8 @@ local function start_frame(ws, conn, route, p, avail, hl, plen, mask)
     if plen > limit then
       return fail(ws, conn, route, 1009, "message over " .. limit .. " bytes", plen, hl)
     end
-    local ascii = unmask(scratch, p + hl, plen, mask)
-    if op == 1 and not ascii and feed(ACCEPT, scratch, plen) ~= ACCEPT then
+    local ascii = unmask(scratch, 0, buf, pos + hl, plen, mask)
+    if op == 1 and not ascii and feed(ACCEPT, scratch, 0, plen) ~= ACCEPT then
       return fail(ws, conn, route, 1007, "text message is not valid UTF-8", 0, hl + plen)
     end
     message(ws, route, ffi_string(scratch, plen), op)
@@ -486,14 +507,12 @@ end
 function _M.input(conn, buf, len, route)
   local ws = conn._ws
   if not ws or ws._st == CLOSED then return len end
-  ws._route = route
   if ws._pinged then
     ws._pinged = nil
     conn:set_timeout(opt(route, "ping_interval"))
   end
   local pos = 0
   while pos < len do
-    local p = buf + pos
     local avail = len - pos
     local skip = ws._skip
     if skip then
@@ -503,19 +522,19 @@ function _M.input(conn, buf, len, route)
       pos = pos + skip
     elseif ws._inf then
       -- Payload of a frame started earlier.
-      pos = pos + payload(ws, conn, route, p, avail)
+      pos = pos + payload(ws, conn, route, buf, pos, avail)
       if ws._rem == 0 and ws._st == OPEN then
         ws._inf = nil
         if ws._ffin then finish(ws, conn, route) end
       end
     else
-      local hl, plen, mask = header(p, avail)
+      local hl, plen, mask = header(buf, pos, avail)
       if hl == nil then return pos end
       if hl == false then
         fail(ws, conn, route, 1002, "64-bit payload length with the top bit set")
         return len
       end
-      local n = start_frame(ws, conn, route, p, avail, hl, plen, mask)
+      local n = start_frame(ws, conn, route, buf, pos, avail, hl, plen, mask)
       if n == 0 then return pos end
       pos = pos + n
     end
@@ -579,12 +598,15 @@ function _M.upgrade(conn, req, res, route)
   if ok == nil then return false end
 
   local ws = setmetatable({
-    conn = conn, state = {}, path = route.path, protocol = protocol, _st = OPEN,
+    conn = conn, path = route.path, protocol = protocol, _st = OPEN,
   }, ws_mt)
-  if agreed then ws._z = deflate.new(agreed); ws.extensions = ext end
+  if agreed then ws._z = deflate.new(agreed) end
+  -- Only a non-default close timeout costs a field (ws:close needs it
+  -- outside any event of this route).
+  if opts.close_timeout then ws._ct = opts.close_timeout end
   if opts.slow_subscriber == "close" then ws._slow = "close" end
-  ws._route = route
   conn._ws = ws
+  live[ws] = true
   conn:set_timeout(opt(route, "ping_interval"))
   local cb = route.handlers.on_open
   if cb then cb(ws, req) end
@@ -614,6 +636,7 @@ function _M.close(conn, reason, route)
   if not ws or ws._done then return end
   ws._done = true
   ws._st = CLOSED
+  live[ws] = nil
   if ws._subs and pubsub_mod then pubsub_mod.unsubscribe_all(ws) end
   ws._subs, ws._deliver = nil, nil
   if ws._z then ws._z:free() end
@@ -651,6 +674,21 @@ function _M.timeout(conn, route)
     ws._why = ws._why or "close timeout"
     conn:abort()
   end
+end
+
+--- Starts the closing handshake with every open WebSocket of this loop
+-- (default 1001 "going away"): called from the handler's on_shutdown so
+-- clients learn that the server is stopping while the runtime drains.
+-- Returns how many connections were told.
+function _M.going_away(code, reason)
+  local n = 0
+  for sock in pairs(live) do
+    if sock._st == OPEN and not sock.conn.closed then
+      sock:close(code or 1001, reason or "server shutting down")
+      n = n + 1
+    end
+  end
+  return n
 end
 
 ---------------------------------------------------------------------------
@@ -703,6 +741,7 @@ function _M.handler(handlers, opts)
   function H.on_drain(conn) _M.drain(conn, route) end
   function H.on_close(conn, reason) _M.close(conn, reason, route) end
   function H.on_timeout(conn) _M.timeout(conn, route) end
+  function H.on_shutdown() _M.going_away() end
   return H
 end
 
@@ -743,6 +782,9 @@ function _M.app(handlers, opts)
     end)
   end
   app:ws("/", handlers, route_opts) -- replaces the static GET "/" route
+  if app.on_shutdown == nil then
+    app.on_shutdown = function() _M.going_away() end
+  end
   return app
 end
 

@@ -84,6 +84,31 @@ local function bits(v)
   return n
 end
 
+-- Agreed parameter sets are shared by every connection that negotiated
+-- the same thing with the same route configuration, so a connection holds
+-- a reference instead of its own table.
+local shared = setmetatable({}, { __mode = "k" })
+local DEFAULT_CONF = {}
+local function intern(agreed, conf)
+  local byconf = shared[conf or DEFAULT_CONF]
+  if not byconf then
+    byconf = setmetatable({}, { __mode = "v" })
+    shared[conf or DEFAULT_CONF] = byconf
+  end
+  local key = agreed.response .. "|" .. agreed.server_bits .. "|" .. agreed.client_bits
+  local have = byconf[key]
+  if have then return have end
+  -- Only what the codec needs is kept.
+  local a = {
+    response = agreed.response, server_bits = agreed.server_bits, client_bits = agreed.client_bits,
+    server_no_context_takeover = agreed.server_no_context_takeover,
+    client_no_context_takeover = agreed.client_no_context_takeover,
+    level = agreed.level, mem_level = agreed.mem_level, threshold = agreed.threshold,
+  }
+  byconf[key] = a
+  return a
+end
+
 --- Chooses a response to the client's permessage-deflate offers
 -- (section 5 of RFC 7692).  offers is the list from
 -- handshake.extensions(); conf is the route's opts.deflate table (or nil).
@@ -137,7 +162,8 @@ function _M.negotiate(offers, conf)
         agreed.level = conf_get(conf, "level")
         agreed.mem_level = conf_get(conf, "mem_level")
         agreed.threshold = conf_get(conf, "threshold")
-        return table.concat(resp, "; "), agreed
+        agreed.response = table.concat(resp, "; ")
+        return agreed.response, intern(agreed, conf)
       end
     end
   end
@@ -154,7 +180,7 @@ local ctx = ctx_mt.__index
 
 --- A per-connection compression context for the agreed parameters.
 function _M.new(agreed)
-  return setmetatable({ agreed = agreed, threshold = agreed.threshold }, ctx_mt)
+  return setmetatable({ agreed = agreed }, ctx_mt)
 end
 
 local function end_deflate(s) z.deflateEnd(s) end

@@ -7,7 +7,7 @@
 local ffi = require "ffi"
 local bit = require "bit"
 
-local band, bor, bxor, rshift, ror = bit.band, bit.bor, bit.bxor, bit.rshift, bit.ror
+local band, bxor, rshift, ror = bit.band, bit.bxor, bit.rshift, bit.ror
 local cast = ffi.cast
 
 local _M = { _VERSION = "0.1" }
@@ -22,36 +22,37 @@ local u64p = ffi.typeof("uint64_t *")
 local cu64p = ffi.typeof("const uint64_t *")
 local cu32p = ffi.typeof("const uint32_t *")
 local u64 = ffi.typeof("uint64_t")
+local u32 = ffi.typeof("uint32_t")
 local HIGH = 0x8080808080808080ULL
 
---- Decodes the payload length and mask of the frame header at p, of which
--- avail bytes are present.  Returns header_length, payload_length, mask,
--- or nil when the header is incomplete, or false when the 64-bit length
--- has its most significant bit set (section 5.2 forbids it).
--- mask is the four mask bytes read as a little-endian uint32 (a Lua
--- number), 0 for unmasked frames.  Lengths above 2^53 lose precision as
--- Lua numbers but stay far above any message size limit, which is all
--- the caller needs to know about them.
-function _M.header(p, avail)
+--- Decodes the payload length and mask of the frame header at p + pos,
+-- of which avail bytes are present.  Returns header_length,
+-- payload_length, mask, or nil when the header is incomplete, or false
+-- when the 64-bit length has its most significant bit set (section 5.2
+-- forbids it).  mask is the four mask bytes read as a little-endian
+-- uint32 (a Lua number), 0 for unmasked frames.  Lengths above 2^53 lose
+-- precision as Lua numbers but stay far above any message size limit,
+-- which is all the caller needs to know about them.
+function _M.header(p, pos, avail)
   if avail < 2 then return nil end
-  local b1 = p[1]
+  local b1 = p[pos + 1]
   local len = band(b1, 0x7F)
   local hl = 2
   if len == 126 then
     if avail < 4 then return nil end
-    len = p[2] * 256 + p[3]
+    len = p[pos + 2] * 256 + p[pos + 3]
     hl = 4
   elseif len == 127 then
     if avail < 10 then return nil end
-    if p[2] >= 0x80 then return false end
-    len = ((p[2] * 256 + p[3]) * 256 + p[4]) * 256 + p[5]
-    len = len * 4294967296 + (((p[6] * 256 + p[7]) * 256 + p[8]) * 256 + p[9])
+    if p[pos + 2] >= 0x80 then return false end
+    len = ((p[pos + 2] * 256 + p[pos + 3]) * 256 + p[pos + 4]) * 256 + p[pos + 5]
+    len = len * 4294967296 + (((p[pos + 6] * 256 + p[pos + 7]) * 256 + p[pos + 8]) * 256 + p[pos + 9])
     hl = 10
   end
   local mask = 0
   if b1 >= 0x80 then
     if avail < hl + 4 then return nil end
-    mask = cast(cu32p, p + hl)[0]
+    mask = cast(cu32p, cast(cu8p, p) + pos + hl)[0]
     hl = hl + 4
   end
   return hl, len, mask
@@ -65,27 +66,28 @@ local function rotate(mask, off)
 end
 _M.rotate = rotate
 
---- Copies n bytes from src to dst XOR-ing with mask (a little-endian
--- uint32 as returned by header(), already rotated to the chunk's offset).
--- src and dst may be the same buffer.  Returns true when every unmasked
--- byte is ASCII (< 0x80), which lets text messages skip UTF-8 validation.
-function _M.unmask(dst, src, n, mask)
-  local d, s = cast(u8p, dst), cast(cu8p, src)
+--- Copies n bytes from src + soff to dst + doff XOR-ing them with mask (a
+-- little-endian uint32 as returned by header(), already rotated to the
+-- chunk's offset), 8 bytes at a time.  src and dst may be the same buffer.
+-- Returns true when every unmasked byte is ASCII (< 0x80), which lets text
+-- messages skip UTF-8 validation.
+-- Pointers and offsets are passed separately and every cast happens
+-- inside the loops: the loop's trace then receives only numbers and
+-- cdata that already exist, so a JIT-compiled unmask allocates nothing.
+function _M.unmask(dst, doff, src, soff, n, mask)
   local nw = (n - n % 8) / 8
-  -- The mask repeated in both halves of a 64-bit word.
-  local m64 = cast(u64, cast("uint32_t", mask)) * 0x100000001ULL
-  local acc = 0ULL
-  local d64, s64 = cast(u64p, d), cast(cu64p, s)
+  local ascii = true
   for i = 0, nw - 1 do
-    local v = bxor(s64[i], m64)
-    d64[i] = v
-    acc = bor(acc, v)
+    -- The mask repeated in both halves of a 64-bit word.
+    local m64 = cast(u64, cast(u32, mask)) * 0x100000001ULL
+    local v = bxor(cast(cu64p, cast(cu8p, src) + soff)[i], m64)
+    cast(u64p, cast(u8p, dst) + doff)[i] = v
+    if band(v, HIGH) ~= 0ULL then ascii = false end
   end
-  local ascii = band(acc, HIGH) == 0ULL
   local m = mask
   for i = nw * 8, n - 1 do
-    local v = bxor(s[i], band(m, 0xFF))
-    d[i] = v
+    local v = bxor(cast(cu8p, src)[soff + i], band(m, 0xFF))
+    cast(u8p, dst)[doff + i] = v
     if v >= 0x80 then ascii = false end
     m = ror(m, 8)
   end

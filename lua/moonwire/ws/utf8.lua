@@ -88,26 +88,27 @@ do
 end
 
 local ACCEPT, REJECT = _M.ACCEPT, _M.REJECT
-local u8p = ffi.typeof("const uint8_t *")
-local u64p = ffi.typeof("const uint64_t *")
+local cu8p = ffi.typeof("const uint8_t *")
+local cu64p = ffi.typeof("const uint64_t *")
 local HIGH = 0x8080808080808080ULL
 
---- Feeds len bytes at ptr to the validator in state and returns the new
--- state: ACCEPT (complete characters only), REJECT (invalid, sticky), or
--- another value (a character continues in the next chunk).
--- ptr is any pointer cdata; the bytes are not modified.
-local function feed(state, ptr, len)
-  local p = cast(u8p, ptr)
+--- Feeds the len bytes at ptr + off to the validator in state and returns
+-- the new state: ACCEPT (complete characters only), REJECT (invalid,
+-- sticky), or another value (a character continues in the next chunk).
+-- ptr is a pointer cdata or a Lua string; the bytes are not modified.
+-- The base pointer and offset are passed separately, and the casts are
+-- done inside the loops, so that a JIT-compiled caller hands the loop's
+-- trace only numbers and an existing cdata: nothing is allocated.
+local function feed(state, ptr, off, len)
   local i = 0
   if state == ACCEPT then
     -- Skip whole 8-byte words of ASCII; most text is ASCII.
-    local w = cast(u64p, p)
     local nw = (len - len % 8) / 8
-    while i < nw and band(w[i], HIGH) == 0ULL do i = i + 1 end
+    while i < nw and band(cast(cu64p, cast(cu8p, ptr) + off)[i], HIGH) == 0ULL do i = i + 1 end
     i = i * 8
   end
-  for j = i, len - 1 do
-    state = trans[state + class[p[j]]]
+  for j = off + i, off + len - 1 do
+    state = trans[state + class[cast(cu8p, ptr)[j]]]
     if state == REJECT then return REJECT end
   end
   return state
@@ -116,7 +117,7 @@ _M.feed = feed
 
 --- True if the Lua string s is entirely valid UTF-8.
 function _M.valid(s)
-  return feed(ACCEPT, s, #s) == ACCEPT
+  return feed(ACCEPT, s, 0, #s) == ACCEPT
 end
 
 return _M
