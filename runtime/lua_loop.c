@@ -72,7 +72,9 @@ void mw__lua_open(mw_loop_t *l, mw_conn_t *c) {
     lua_State *L = l->L;
     push_event(l, MW_EV_OPEN);
     lua_pushnumber(L, c->id);
-    lua_pushlightuserdata(L, c);
+    /* Addresses cross as numbers (exact below 2^53): LuaJIT compiles ffi.cast from a number
+     * but not from a light userdata, and this is the hot path. */
+    lua_pushnumber(L, (lua_Number)(uintptr_t)c);
     call(l, c, 3);
 }
 
@@ -80,7 +82,7 @@ long mw__lua_input(mw_loop_t *l, mw_conn_t *c, const char *p, size_t n) {
     lua_State *L = l->L;
     push_event(l, MW_EV_INPUT);
     lua_pushnumber(L, c->id);
-    lua_pushlightuserdata(L, (void *)p);
+    lua_pushnumber(L, (lua_Number)(uintptr_t)p);
     lua_pushinteger(L, (lua_Integer)n);
     double r = call(l, c, 4);
     if (r < 0)

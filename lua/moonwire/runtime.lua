@@ -27,6 +27,7 @@ local traceback = debug.traceback
 local new_conn = connmod.new
 
 local u8p = ffi.typeof("const uint8_t *")
+local connp = ffi.typeof("mw_conn_t *")
 
 -- Events, as in runtime/internal.h.
 local EV_OPEN, EV_INPUT, EV_DRAIN, EV_TIMEOUT = 1, 2, 3, 4
@@ -354,7 +355,7 @@ local function dispatch(ev, id, a, b)
     end
     f = h.on_data
     if f then
-      f(conn, ffi_string(a, b))
+      f(conn, ffi_string(cast(u8p, a), b))
       return b
     end
     local proto = h.protocol
@@ -364,12 +365,13 @@ local function dispatch(ev, id, a, b)
     end
     return b
   elseif ev == EV_OPEN then
-    local conn = new_conn(a, id)
+    local cptr = cast(connp, a)
+    local conn = new_conn(cptr, id)
     conns[id] = conn
     local h = handler
     conn._proto = h.protocol
     if h.idle_timeout then
-      C.mw_conn_set_timeout(a, h.idle_timeout)
+      C.mw_conn_set_timeout(cptr, h.idle_timeout)
     end
     local f = h.on_open
     if f then
