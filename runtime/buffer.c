@@ -34,13 +34,12 @@ int mw__buf_reserve(mw_bufcache_t *bc, mw_buf_t *b, size_t extra) {
         b->off = 0;
         return 0;
     }
+    if (extra >= MW_BUF_MAX - b->len)
+        return -ENOMEM;
     size_t need = b->len + extra;
     size_t cap = MW_SMALL_BUF;
-    while (cap < need) {
-        if (cap > SIZE_MAX / 2)
-            return -ENOMEM;
+    while (cap < need)
         cap *= 2;
-    }
     char *nb = block_alloc(bc, cap);
     if (nb == NULL)
         return -ENOMEM;
@@ -49,7 +48,7 @@ int mw__buf_reserve(mw_bufcache_t *bc, mw_buf_t *b, size_t extra) {
     mw__block_free(bc, b->base, b->cap);
     b->base = nb;
     b->off = 0;
-    b->cap = cap;
+    b->cap = (uint32_t)cap;
     return 0;
 }
 
@@ -58,7 +57,7 @@ int mw__buf_append(mw_bufcache_t *bc, mw_buf_t *b, const void *p, size_t n) {
     if (rc < 0)
         return rc;
     memcpy(b->base + b->off + b->len, p, n);
-    b->len += n;
+    b->len += (uint32_t)n;
     return 0;
 }
 
@@ -67,8 +66,8 @@ void mw__buf_consume(mw_bufcache_t *bc, mw_buf_t *b, size_t n) {
         mw__buf_free(bc, b);
         return;
     }
-    b->off += n;
-    b->len -= n;
+    b->off += (uint32_t)n;
+    b->len -= (uint32_t)n;
 }
 
 void mw__buf_free(mw_bufcache_t *bc, mw_buf_t *b) {

@@ -46,12 +46,12 @@ static size_t queued(const mw_conn_t *c) {
 
 /* Bytes leave the user-space write queue (written, or dropped). */
 static void queue_sub(mw_conn_t *c, size_t n) {
-    MW_STAT_ADD(c->loop->stats.write_queue_bytes, (uint64_t)0 - n);
+    MW_STAT_ADD(mw__conn_loop(c)->stats.write_queue_bytes, (uint64_t)0 - n);
 }
 
 static void drop_out(mw_conn_t *c) {
     queue_sub(c, c->out.len);
-    mw__buf_free(&c->loop->bufcache, &c->out);
+    mw__buf_free(&mw__conn_loop(c)->bufcache, &c->out);
 }
 
 /* ---- idle timeouts ------------------------------------------------------------------
@@ -109,7 +109,7 @@ static mw_tlist_t *tlist_for(mw_loop_t *l, unsigned ms) {
 }
 
 void mw__conn_set_timeout(mw_conn_t *c, unsigned ms) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     tlist_remove(c);
     c->timeout_ms = ms;
     if (ms == 0)
@@ -127,7 +127,7 @@ static void touch(mw_conn_t *c) {
     mw_tlist_t *t = c->tlist;
     if (t == NULL)
         return;
-    c->deadline = uv_now(&c->loop->uv) + c->timeout_ms;
+    c->deadline = uv_now(&mw__conn_loop(c)->uv) + c->timeout_ms;
     if (t->tail != c) {
         tlist_remove(c);
         tlist_append(t, c);
@@ -135,7 +135,7 @@ static void touch(mw_conn_t *c) {
 }
 
 static void on_timeout(mw_conn_t *c) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_CLOSING) {
         /* The peer did not finish the close in time: drop it. */
         finish_close(c);
@@ -170,7 +170,7 @@ void mw__conn_timeouts_fire(mw_loop_t *l) {
 /* ---- lists the loop walks ------------------------------------------------------------ */
 
 static void release(mw_conn_t *c) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_COUNTED_PAUSED)
         MW_STAT_ADD(l->stats.paused_conns, (uint64_t)-1);
     mw__buf_free(&l->bufcache, &c->in);
@@ -207,7 +207,7 @@ void mw__loop_pending_add(mw_loop_t *l, mw_conn_t *c) {
 
 static void on_closed(uv_handle_t *h) {
     mw_conn_t *c = (mw_conn_t *)h;
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -269,7 +269,7 @@ static void after_flush_closing(mw_conn_t *c) {
 
 /* Continues a teardown once Lua has been told. */
 static void continue_close(mw_conn_t *c) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_HARD_CLOSE) {
         drop_out(c);
         if (c->reason != MW_REASON_RESET && !(c->flags & MW_CONN_HANDLE_CLOSING)) {
@@ -294,11 +294,11 @@ static void notify_close(mw_conn_t *c) {
     if (c->flags & MW_CONN_CLOSE_NOTIFIED)
         return;
     c->flags |= MW_CONN_CLOSE_NOTIFIED;
-    mw__lua_close(c->loop, c);
+    mw__lua_close(mw__conn_loop(c), c);
 }
 
 void mw__conn_teardown(mw_conn_t *c, int reason, int graceful) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_CLOSING) {
         /* Already closing: an abort still upgrades a graceful close. */
         if (!graceful && !(c->flags & MW_CONN_HARD_CLOSE)) {
@@ -373,7 +373,7 @@ void mw__conn_close_lingering(mw_loop_t *l) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     mw_conn_t *c = (mw_conn_t *)h;
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     (void)suggested;
     if (c->in.len == 0 || (c->flags & MW_CONN_CLOSING)) {
         buf->base = l->rbuf;
@@ -392,7 +392,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 /* Offers the buffered (or just read) bytes to Lua and keeps what it did not consume. */
 static void deliver(mw_conn_t *c, const char *p, size_t n, int from_rbuf) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     long used = mw__lua_input(l, c, p, n);
     if (c->flags & MW_CONN_CLOSING) {
         if (!from_rbuf)
@@ -416,14 +416,14 @@ static void deliver(mw_conn_t *c, const char *p, size_t n, int from_rbuf) {
     if (c->in.len > mw__config.max_input) {
         MW_LOG(MW_LOG_WARN, l->id,
                "conn %.0f: input buffer over limit (%zu bytes unconsumed > max-input %zu), closing",
-               c->id, c->in.len, mw__config.max_input);
+               c->id, (size_t)c->in.len, mw__config.max_input);
         mw__conn_teardown(c, MW_REASON_LIMIT, 0);
     }
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     mw_conn_t *c = (mw_conn_t *)s;
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (nread == 0)
         return;
     if (c->flags & MW_CONN_CLOSING) {
@@ -473,7 +473,7 @@ static void update_reading(mw_conn_t *c) {
     int paused = (c->flags & (MW_CONN_PAUSED | MW_CONN_BACKPRESSURE)) != 0;
     if (paused != ((c->flags & MW_CONN_COUNTED_PAUSED) != 0)) {
         c->flags ^= MW_CONN_COUNTED_PAUSED;
-        MW_STAT_ADD(c->loop->stats.paused_conns, paused ? 1 : (uint64_t)-1);
+        MW_STAT_ADD(mw__conn_loop(c)->stats.paused_conns, paused ? 1 : (uint64_t)-1);
     }
     if (c->flags & (MW_CONN_CLOSING | MW_CONN_PAUSED | MW_CONN_BACKPRESSURE))
         stop_reading(c);
@@ -493,19 +493,19 @@ static void queue_drained(mw_conn_t *c) {
         update_reading(c);
         if (c->in.len > 0 && !(c->flags & MW_CONN_PAUSED)) {
             c->flags |= MW_CONN_REDISPATCH;
-            mw__loop_pending_add(c->loop, c);
+            mw__loop_pending_add(mw__conn_loop(c), c);
         }
     }
     if (c->flags & MW_CONN_WANT_DRAIN) {
         c->flags &= ~(uint32_t)MW_CONN_WANT_DRAIN;
-        mw__lua_event(c->loop, c, MW_EV_DRAIN);
+        mw__lua_event(mw__conn_loop(c), c, MW_EV_DRAIN);
     }
 }
 
 static void on_written(uv_write_t *req, int status) {
     write_req_t *wr = (write_req_t *)req;
     mw_conn_t *c = wr->conn;
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     c->inflight -= wr->len;
     queue_sub(c, wr->len);
     mw__block_free(&l->bufcache, wr->base, wr->cap);
@@ -528,7 +528,7 @@ static void on_written(uv_write_t *req, int status) {
 /* Hands the output buffer to the kernel: try a direct write, and give what is left to a
  * uv_write request that takes ownership of the buffer. */
 static void flush(mw_conn_t *c) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->out.len == 0 || (c->flags & (MW_CONN_HANDLE_CLOSING | MW_CONN_SHUTDOWN_SENT)))
         return;
     size_t n = c->out.len;
@@ -627,7 +627,6 @@ void mw__conn_run_pending(mw_loop_t *l) {
 /* ---- accepting ----------------------------------------------------------------------- */
 
 static void setup(mw_loop_t *l, mw_conn_t *c) {
-    c->loop = l;
     c->id = ++l->next_conn_id;
     c->next = l->conns;
     if (l->conns)
@@ -668,7 +667,6 @@ void mw__conn_accept(mw_loop_t *l, uv_stream_t *server) {
     }
     uv_tcp_init(&l->uv, &c->tcp);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
-        c->loop = l;
         c->flags |= MW_CONN_HANDLE_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
@@ -685,7 +683,6 @@ void mw__conn_adopt(mw_loop_t *l, int fd) {
     uv_tcp_init(&l->uv, &c->tcp);
     if (uv_tcp_open(&c->tcp, fd) < 0) {
         close(fd);
-        c->loop = l;
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }
@@ -695,7 +692,7 @@ void mw__conn_adopt(mw_loop_t *l, int fd) {
 /* ---- the FFI surface ------------------------------------------------------------------ */
 
 int mw_conn_write(mw_conn_t *c, const char *p, size_t n) {
-    mw_loop_t *l = c->loop;
+    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_CLOSING)
         return -EPIPE;
     if (n == 0)
@@ -746,7 +743,7 @@ void mw_conn_resume(mw_conn_t *c) {
     update_reading(c);
     if (c->in.len > 0 && !(c->flags & MW_CONN_CLOSING)) {
         c->flags |= MW_CONN_REDISPATCH;
-        mw__loop_pending_add(c->loop, c);
+        mw__loop_pending_add(mw__conn_loop(c), c);
     }
 }
 

@@ -105,8 +105,13 @@ static int admin_call(const char *admin, const char *method, const char *path, i
                 status == -EINVAL ? "expected an IPv4 HOST:PORT" : strerror(-status));
         return 1;
     }
-    if (print || status != 200)
-        fwrite(body, 1, len, status == 200 ? stdout : stderr);
+    if (print || status != 200) {
+        FILE *to = status == 200 ? stdout : stderr;
+        fwrite(body, 1, len, to);
+        /* JSON answers (reload) end without a newline; keep the shell prompt on its own line. */
+        if (len > 0 && body[len - 1] != '\n')
+            fputc('\n', to);
+    }
     free(body);
     return status == 200 ? 0 : 1;
 }

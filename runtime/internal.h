@@ -42,13 +42,16 @@ int mw__log_parse_level(const char *name);
 
 /* ---- byte buffers (buffer.c) -------------------------------------------------------- */
 
-/* Bytes live in base[off .. off+len). cap is the allocation size. */
+/* Bytes live in base[off .. off+len). cap is the allocation size. 32-bit sizes keep the
+ * per-connection struct small; a buffer never grows past MW_BUF_MAX. */
 typedef struct mw_buf_s {
     char *base;
-    size_t off;
-    size_t len;
-    size_t cap;
+    uint32_t off;
+    uint32_t len;
+    uint32_t cap;
 } mw_buf_t;
+
+#define MW_BUF_MAX 0x80000000u
 
 typedef struct mw_bufcache_s {
     char *free[MW_SMALL_CACHE];
@@ -168,8 +171,8 @@ typedef struct mw_tlist_s {
 } mw_tlist_t;
 
 struct mw_conn_s {
-    uv_tcp_t tcp; /* first, so a handle pointer is a connection pointer */
-    mw_loop_t *loop;
+    uv_tcp_t tcp; /* first, so a handle pointer is a connection pointer; tcp.loop->data is
+                     the owning mw_loop_t (see mw__conn_loop) */
     double id;
     uint32_t flags;
     int reason;      /* MW_REASON_* once closing */
@@ -198,6 +201,10 @@ enum {
     MW_REASON_SHUTDOWN,
 };
 const char *mw__reason_name(int reason);
+
+static inline mw_loop_t *mw__conn_loop(const mw_conn_t *c) {
+    return (mw_loop_t *)c->tcp.loop->data;
+}
 
 void mw__conn_accept(mw_loop_t *l, uv_stream_t *server);
 void mw__conn_adopt(mw_loop_t *l, int fd);
@@ -293,6 +300,7 @@ struct mw_loop_s {
     /* reload status, written by the loop under mbox_lock, read by the admin side */
     double generation;
     char reload_error[512];
+    unsigned long long status_seq; /* bumped by every mw_loop_set_status: "the loop answered" */
     /* start-up handshake with the main thread */
     int init_status;
     char init_error[512];

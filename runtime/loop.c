@@ -193,6 +193,7 @@ void mw_reload_all(void) {
 void mw_loop_set_status(mw_loop_t *l, double generation, const char *err) {
     pthread_mutex_lock(&l->mbox_lock);
     l->generation = generation;
+    l->status_seq++;
     snprintf(l->reload_error, sizeof l->reload_error, "%s", err ? err : "");
     pthread_mutex_unlock(&l->mbox_lock);
 }

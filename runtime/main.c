@@ -335,6 +335,8 @@ int main(int argc, char **argv) {
     mw__config.mode = command;
     if (mw__config.static_dir && strcmp(command, "ws") != 0)
         die("--static is for 'moonwire ws' (an HTTP app serves files with app:static)");
+    if (mw__config.max_input >= MW_BUF_MAX || mw__config.max_write_queue >= MW_BUF_MAX)
+        die("--max-input and --max-write-queue must be below 2g");
     if (mw__config.high_water > mw__config.max_write_queue)
         die("--high-water (%zu) must not exceed --max-write-queue (%zu)", mw__config.high_water,
             mw__config.max_write_queue);

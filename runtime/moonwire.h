@@ -73,7 +73,9 @@ typedef struct mw_lua_stats_s {
 } mw_lua_stats_t;
 mw_lua_stats_t *mw_loop_lua_stats(mw_loop_t *l);
 
-/* A snapshot of one loop's statistics, for the admin listener. */
+/* A snapshot of one loop's statistics, for the admin listener. status_seq counts the loop's
+ * reload answers (mw_loop_set_status calls), so a waiter can tell a fresh answer from a stale
+ * reload_error left by an earlier attempt. */
 typedef struct mw_loop_stats_s {
     int id;
     double generation;
@@ -85,6 +87,7 @@ typedef struct mw_loop_stats_s {
     unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
     unsigned long long stuck, stuck_ms, spinning_fds;
     char reload_error[512];
+    unsigned long long status_seq;
 } mw_loop_stats_t;
 int mw_stats_nloops(void);
 /* Fills out for loop idx (1..N). Returns 0, or -1 for a bad index. */

@@ -87,6 +87,7 @@ int mw_stats_loop(int idx, mw_loop_stats_t *out) {
     out->spinning_fds = GET(spinning_fds);
     pthread_mutex_lock(&l->mbox_lock);
     out->generation = l->generation;
+    out->status_seq = l->status_seq;
     snprintf(out->reload_error, sizeof out->reload_error, "%s", l->reload_error);
     pthread_mutex_unlock(&l->mbox_lock);
     return 0;
