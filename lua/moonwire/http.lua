@@ -727,6 +727,14 @@ function _M.router(opts)
     app.on_close = function(conn, reason)
         return on_close(app, conn, reason)
     end
+    -- At SIGTERM, open WebSockets get a close frame (1001 going away) before the drain;
+    -- an app that sets its own on_shutdown can call require("moonwire.ws").going_away().
+    app.on_shutdown = function()
+        local ws = package.loaded["moonwire.ws"]
+        if ws then
+            ws.going_away()
+        end
+    end
     return app
 end
 
