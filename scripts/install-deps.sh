@@ -9,7 +9,7 @@ PKGS=(
   lua-lpeg lua-cjson lua-busted lua-check lua-socket lua-posix
   libssl-dev zlib1g-dev
   curl netcat-openbsd wrk lua-luv
-  python3 python3-websockets nodejs node-ws
+  python3 python3-websockets python3-prometheus-client nodejs node-ws
 )
 if [ "${MOONWIRE_BROWSER_TESTS:-1}" = 1 ]; then
   PKGS+=(chromium)

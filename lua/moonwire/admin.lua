@@ -39,7 +39,7 @@ local function loop_stats(i)
   if C.mw_stats_loop(i, snap) ~= 0 then
     return nil
   end
-  local t = { id = snap.id, generation = tonumber(snap.generation) }
+  local t = { id = snap.id, generation = tonumber(snap.generation), status_seq = tonumber(snap.status_seq) }
   for _, f in ipairs(FIELDS) do
     t[f] = tonumber(snap[f])
   end
@@ -276,7 +276,7 @@ end)
 app:post("/reload", function(req, res)
   local before = {}
   for i, l in ipairs(all_loops()) do
-    before[i] = { gen = l.generation, err = l.reload_error }
+    before[i] = l.status_seq
   end
   C.mw_reload_all()
   local waited = 0
@@ -286,8 +286,10 @@ app:post("/reload", function(req, res)
     local loops = all_loops()
     local done = true
     for i, l in ipairs(loops) do
-      -- A loop has answered when its generation moved or it reports a (new) error.
-      if l.generation == before[i].gen and not l.reload_error then
+      -- A loop has answered when it has set its status since the request. Its generation and
+      -- error alone cannot tell: an error left by an earlier failed reload looks the same as a
+      -- new one, and a loop busy in a long callback would be reported with that stale error.
+      if l.status_seq <= before[i] then
         done = false
       end
     end

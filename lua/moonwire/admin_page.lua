@@ -7,6 +7,7 @@ _M.html = [==[<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>moonwire dashboard</title>
+<link rel="icon" href="data:,">
 <style>
   body { font: 14px system-ui, sans-serif; margin: 16px; background: #fafafa; color: #222; }
   h1 { font-size: 20px; margin: 0 0 4px; }
@@ -19,6 +20,7 @@ _M.html = [==[<!doctype html>
   #loops { margin-top: 12px; border-collapse: collapse; background: #fff; }
   #loops td, #loops th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
   .err { color: #b00; text-align: left !important; }
+  #legend { margin-bottom: 8px; }
   #legend span { display: inline-block; margin-right: 12px; }
 </style>
 </head>
@@ -31,22 +33,24 @@ _M.html = [==[<!doctype html>
 <script>
 "use strict";
 const COLORS = ["#d33", "#36c", "#2a2", "#c6c", "#e80", "#0aa", "#963", "#666"];
-const HISTORY = 120;
+const HISTORY = 60;  // points per chart: the last minute
 const METRICS = [
   { key: "conns", title: "Connections", get: (l) => l.open_conns },
   { key: "msgs", title: "Messages/s (in)", get: (l) => l.rates.messages_in || 0 },
   { key: "bytes", title: "Bytes/s (in + out)", get: (l) => (l.rates.bytes_in || 0) + (l.rates.bytes_out || 0) },
-  { key: "lag", title: "Event-loop lag (ms)", get: (l) => l.lag_us / 1000 },
+  // "now" shows the sum over loops, except for lag where the worst loop is what matters.
+  { key: "lag", title: "Event-loop lag (ms)", get: (l) => l.lag_us / 1000, worst: true },
   { key: "lua", title: "Lua memory (KiB)", get: (l) => l.lua_bytes / 1024 },
 ];
 const series = {};   // metric key -> loop id -> [values]
 const charts = {};
 
 function fmt(v) {
-  if (v >= 1e9) return (v / 1e9).toFixed(1) + "G";
-  if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
-  if (v >= 1e4) return (v / 1e3).toFixed(1) + "k";
-  return Math.round(v * 10) / 10 + "";
+  const one = (x) => (Math.round(x * 10) / 10) + "";
+  if (v >= 1e9) return one(v / 1e9) + "G";
+  if (v >= 1e6) return one(v / 1e6) + "M";
+  if (v >= 1e4) return one(v / 1e3) + "k";
+  return one(v);
 }
 
 function makeChart(m) {
@@ -58,6 +62,15 @@ function makeChart(m) {
   series[m.key] = {};
 }
 
+// The top of the axis: four equal steps of 1, 2, 2.5 or 5 times a power of ten, the smallest
+// that reaches v, so the grid lines read as round numbers.
+function niceMax(v) {
+  const raw = v / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const k of [1, 2, 2.5, 5, 10]) if (k * p >= raw) return 4 * k * p;
+  return 40 * p;
+}
+
 function draw(m) {
   const c = charts[m.key].canvas;
   const w = c.width = c.clientWidth * devicePixelRatio;
@@ -65,29 +78,36 @@ function draw(m) {
   const g = c.getContext("2d");
   g.clearRect(0, 0, w, h);
   const all = Object.values(series[m.key]).flat();
-  const max = Math.max(1, ...all) * 1.1;
+  const max = niceMax(Math.max(1, ...all) * 1.05);
+  const dpr = devicePixelRatio;
   g.strokeStyle = "#eee";
   g.fillStyle = "#999";
-  g.font = `${11 * devicePixelRatio}px sans-serif`;
+  g.font = `${11 * dpr}px sans-serif`;
   for (let i = 0; i <= 4; i++) {
     const y = h - (h - 4) * i / 4 - 2;
     g.beginPath(); g.moveTo(0, y); g.lineTo(w, y); g.stroke();
-    g.fillText(fmt(max * i / 4), 4, y - 2);
+    // The top label goes below its grid line, the others above theirs.
+    g.fillText(fmt(max * i / 4), 4, i === 4 ? y + 12 * dpr : y - 2);
   }
   let total = 0;
   for (const [id, vals] of Object.entries(series[m.key])) {
     g.strokeStyle = COLORS[(id - 1) % COLORS.length];
-    g.lineWidth = 2 * devicePixelRatio;
+    g.fillStyle = g.strokeStyle;
+    g.lineWidth = 2 * dpr;
     g.beginPath();
+    let x = 0, y = 0;
     vals.forEach((v, i) => {
-      const x = w - (vals.length - 1 - i) * w / (HISTORY - 1);
-      const y = h - 2 - (h - 4) * v / max;
+      x = w - 4 * dpr - (vals.length - 1 - i) * (w - 4 * dpr) / (HISTORY - 1);
+      y = h - 2 - (h - 4) * v / max;
       i ? g.lineTo(x, y) : g.moveTo(x, y);
     });
     g.stroke();
-    total += vals[vals.length - 1] || 0;
+    // A dot on the newest value, so a series with one point (or a flat one) still shows.
+    g.beginPath(); g.arc(x, y, 3 * dpr, 0, 2 * Math.PI); g.fill();
+    const last = vals[vals.length - 1] || 0;
+    total = m.worst ? Math.max(total, last) : total + last;
   }
-  charts[m.key].now.textContent = "now: " + fmt(total);
+  charts[m.key].now.textContent = (m.worst ? "now (worst loop): " : "now: ") + fmt(total);
   c.dataset.points = all.length;
 }
 

@@ -45,6 +45,7 @@ typedef struct mw_loop_stats_s {
     unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
     unsigned long long stuck, stuck_ms, spinning_fds;
     char reload_error[512];
+    unsigned long long status_seq;
 } mw_loop_stats_t;
 int mw_stats_nloops(void);
 int mw_stats_loop(int idx, mw_loop_stats_t *out);
