@@ -173,6 +173,8 @@ static void release(mw_conn_t *c) {
     mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_COUNTED_PAUSED)
         MW_STAT_ADD(l->stats.paused_conns, (uint64_t)-1);
+    if (c->flags & MW_CONN_SPINNING)
+        MW_STAT_ADD(l->stats.spinning_fds, (uint64_t)-1);
     mw__buf_free(&l->bufcache, &c->in);
     drop_out(c);
     free(c);
@@ -424,8 +426,27 @@ static void deliver(mw_conn_t *c, const char *p, size_t n, int from_rbuf) {
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     mw_conn_t *c = (mw_conn_t *)s;
     mw_loop_t *l = mw__conn_loop(c);
-    if (nread == 0)
+    if (nread == 0) {
+        /* Woken up, nothing to read (EAGAIN). Harmless now and then; a socket that does it
+         * on every turn is spinning the loop (the CLOSE_WAIT spin of gev #70). */
+        if (++c->empty_wakes == MW_SPIN_WAKES && !(c->flags & MW_CONN_SPINNING)) {
+            c->flags |= MW_CONN_SPINNING;
+            MW_STAT_ADD(l->stats.spinning_fds, 1);
+            uv_os_fd_t fd = -1;
+            uv_fileno((uv_handle_t *)&c->tcp, &fd);
+            MW_LOG(MW_LOG_WARN, l->id,
+                   "conn %.0f (fd %d) woke the loop %d times in a row without data: spinning",
+                   c->id, (int)fd, MW_SPIN_WAKES);
+        }
         return;
+    }
+    if (c->empty_wakes) {
+        c->empty_wakes = 0;
+        if (c->flags & MW_CONN_SPINNING) {
+            c->flags &= ~(uint32_t)MW_CONN_SPINNING;
+            MW_STAT_ADD(l->stats.spinning_fds, (uint64_t)-1);
+        }
+    }
     if (c->flags & MW_CONN_CLOSING) {
         /* Lingering after our FIN: discard until the peer closes. */
         if (nread < 0)

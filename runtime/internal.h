@@ -23,6 +23,9 @@
 /* Small buffers of this size are recycled per loop instead of going back to malloc. */
 #define MW_SMALL_BUF 4096
 #define MW_SMALL_CACHE 256
+/* A socket whose read wake-ups bring nothing this many times in a row is flagged as
+ * spinning (logged once, counted in stats.spinning_fds until it makes progress). */
+#define MW_SPIN_WAKES 1000
 /* How long a closing connection waits for its peer (flush, FIN, lingering read). */
 #define MW_LINGER_MS 3000
 
@@ -160,6 +163,7 @@ enum {
     MW_CONN_OPENED = 1 << 12,         /* on_open has been delivered */
     MW_CONN_HARD_CLOSE = 1 << 13,     /* drop the queue and reset instead of flushing */
     MW_CONN_COUNTED_PAUSED = 1 << 14, /* counted in stats.paused_conns */
+    MW_CONN_SPINNING = 1 << 15,       /* flagged as waking the loop without progress */
 };
 
 typedef struct mw_loop_s mw_loop_t;
@@ -187,6 +191,7 @@ struct mw_conn_s {
     mw_conn_t *tprev, *tnext;
     uint64_t deadline;
     unsigned timeout_ms;
+    uint32_t empty_wakes; /* consecutive read wake-ups that brought nothing (spin check) */
 };
 
 enum {
@@ -352,7 +357,7 @@ void mw__lua_shutdown(mw_loop_t *l);
 void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
 void mw__lua_reload(mw_loop_t *l);
 void mw__lua_profile(mw_loop_t *l, int start);
-void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b);
+void mw__lua_profile_done(mw_loop_t *l, int from, mw_blob_t *b);
 
 uint64_t mw__now_ms(void);
 

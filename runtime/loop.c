@@ -137,7 +137,7 @@ static void on_async(uv_async_t *a) {
             mw__lua_profile(l, m->fd);
             break;
         case MW_MSG_PROFILE_DONE:
-            mw__lua_profile_done(l, m->blob);
+            mw__lua_profile_done(l, m->fd, m->blob);
             mw__blob_unref(m->blob);
             break;
         }

@@ -138,11 +138,12 @@ void mw__lua_profile(mw_loop_t *l, int start) {
     call(l, NULL, 2);
 }
 
-void mw__lua_profile_done(mw_loop_t *l, mw_blob_t *b) {
+void mw__lua_profile_done(mw_loop_t *l, int from, mw_blob_t *b) {
     lua_State *L = l->L;
     push_event(l, MW_EV_PROFILE_DONE);
+    lua_pushinteger(L, from);
     lua_pushlstring(L, b->data, b->len);
-    call(l, NULL, 2);
+    call(l, NULL, 3);
 }
 
 static void set_path(lua_State *L, const char *script_dir) {

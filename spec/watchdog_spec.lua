@@ -41,6 +41,22 @@ describe("watchdog #integration", function()
     c[2]:close()
   end)
 
+  it("answers /profile even when a loop is stuck, naming the silent loop", function()
+    local admin = H.free_port()
+    local srv = H.start_server { script = "spec/fixtures/spin.lua", loops = 2,
+      args = { "--admin", "127.0.0.1:" .. admin } }
+    local c = one_per_loop(srv.port)
+    assert(c[1]:send("spin"))
+    socket.sleep(0.2)
+    local t0 = socket.gettime()
+    local out, rc = H.sh(("curl -s -m 15 'http://127.0.0.1:%d/profile?seconds=1&loop=all'"):format(admin))
+    assert.equal(0, rc)
+    assert.matches("# loop 1 did not answer within 2000 ms", out)
+    assert.is_true(socket.gettime() - t0 < 10)
+    srv:kill()
+    c[2]:close()
+  end)
+
   it("aborts the stuck callback with --max-callback-ms and the loop serves again", function()
     local srv = H.start_server { script = "spec/fixtures/spin.lua", loops = 2,
       args = { "--watchdog-ms", "300", "--max-callback-ms", "600" } }

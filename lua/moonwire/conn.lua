@@ -72,7 +72,7 @@ function methods:write_ptr(ptr, len)
   return write_result(r)
 end
 
-local counters = { messages_out = 0 } -- replaced by the loop's C counters at start
+local counters = { messages_in = 0, messages_out = 0 } -- the loop's C counters once running
 
 --- Frames msg with the handler's protocol and queues it.
 function methods:send(msg)
@@ -200,7 +200,12 @@ function _M.set_counters(c)
   counters = c
 end
 
---- Counts n messages written without conn:send (HTTP responses, WebSocket frames).
+--- Counts messages handled outside conn:send and framers (HTTP requests and responses,
+-- WebSocket messages), for the loop's statistics.
+function _M.count_in(n)
+  counters.messages_in = counters.messages_in + n
+end
+
 function _M.count_out(n)
   counters.messages_out = counters.messages_out + n
 end

@@ -19,6 +19,7 @@ local request = require "moonwire.http.request"
 local response = require "moonwire.http.response"
 local router = require "moonwire.http.router"
 local static = require "moonwire.http.static"
+local connmod = require "moonwire.conn"
 
 local setmetatable, type, error, xpcall, tostring = setmetatable, type, error, xpcall, tostring
 local lower, find, sub, byte, match = string.lower, string.find, string.sub, string.byte, string.match
@@ -339,6 +340,8 @@ local function dispatch(app, conn, st, req)
     local res = new_response(conn, st, req, req.keepalive)
     st.cur = res
     st.nreq = st.nreq + 1
+    connmod.count_in(1)
+    connmod.count_out(1)
     local ok, err = xpcall(run, traceback, app, req, res)
     if not ok then
         route_error(res, err)

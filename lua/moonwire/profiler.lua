@@ -15,7 +15,7 @@ local concat = table.concat
 local sort = table.sort
 local format = string.format
 
-local _M = { _VERSION = "0.1.0", SLICE_MS = 250 }
+local _M = { _VERSION = "0.1.0", SLICE_MS = 250, ANSWER_MS = 2000 }
 
 -- ---- worker side -----------------------------------------------------------------------
 
@@ -74,7 +74,13 @@ local function finish()
     lines[#lines + 1] = format("%s %d", stack, n)
   end
   sort(lines)
-  j.done(concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
+  local text = concat(lines, "\n") .. (#lines > 0 and "\n" or "")
+  for id in pairs(j.silent) do
+    -- A loop stuck in a callback cannot stop its profiler or answer; say so rather than hang.
+    text = text .. format("# loop %d did not answer within %d ms (stuck in a callback?)\n", id,
+      _M.ANSWER_MS)
+  end
+  j.done(text)
 end
 
 local function next_slice()
@@ -83,14 +89,33 @@ local function next_slice()
   if mw.loop.now() >= j.deadline then
     return finish()
   end
-  j.turn = j.turn % #j.loops + 1
-  local id = j.loops[j.turn]
+  -- Take the next loop that has not gone silent.
+  local id
+  for _ = 1, #j.loops do
+    j.turn = j.turn % #j.loops + 1
+    if not j.silent[j.loops[j.turn]] then
+      id = j.loops[j.turn]
+      break
+    end
+  end
+  if id == nil then
+    return finish()
+  end
   j.current = id
+  j.slice = (j.slice or 0) + 1
+  local slice_no = j.slice
   C.mw_profile_control(id, 1)
   local left = j.deadline - mw.loop.now()
   local slice = #j.loops == 1 and left or math.min(_M.SLICE_MS, left)
   mw.loop.after(math.max(slice, 1), function()
     C.mw_profile_control(id, 0) -- the loop answers with on_result
+    mw.loop.after(_M.ANSWER_MS, function()
+      if job == j and j.slice == slice_no then
+        j.silent[id] = true
+        j.current = nil
+        next_slice()
+      end
+    end, { persist = true })
   end, { persist = true })
 end
 
@@ -101,16 +126,17 @@ function _M.collect(seconds, loops, done)
   end
   local mw = require "moonwire"
   job = { loops = loops, deadline = mw.loop.now() + seconds * 1000, merged = {}, turn = 0,
-    done = done }
+    done = done, silent = {} }
   next_slice()
   return true
 end
 
 --- A loop's folded stacks arrived (admin loop).
-function _M.on_result(text)
-  if not job then
-    return
+function _M.on_result(from, text)
+  if not job or job.current ~= from then
+    return -- late answer from a loop already given up on
   end
+  job.current = nil
   merge(job.merged, text)
   next_slice()
 end

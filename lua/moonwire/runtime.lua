@@ -238,7 +238,7 @@ local function framed_input(conn, h, proto, p, n)
       break
     end
     off = off + used
-    ctr.messages_in = ctr.messages_in + 1
+    ctr.messages_in = ctr.messages_in + 1 -- counted here rather than via conn.count_in: hot
     if on_message then
       on_message(conn, msg)
     end
@@ -426,7 +426,7 @@ local function dispatch(ev, id, a, b)
     end
     return 0
   elseif ev == EV_PROFILE_DONE then
-    require("moonwire.profiler").on_result(id)
+    require("moonwire.profiler").on_result(id, a)
     return 0
   elseif ev == EV_SHUTDOWN then
     local f = handler.on_shutdown

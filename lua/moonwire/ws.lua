@@ -22,6 +22,7 @@ local frame = require "moonwire.ws.frame"
 local utf8 = require "moonwire.ws.utf8"
 local handshake = require "moonwire.ws.handshake"
 local deflate = require "moonwire.ws.deflate"
+local connmod = require "moonwire.conn"
 
 local band, rshift = bit.band, bit.rshift
 local copy, ffi_string = ffi.copy, ffi.string
@@ -183,6 +184,7 @@ function WS:send(msg, kind)
   end
   local b0 = check_kind(kind)
   if self._st ~= OPEN then return nil, "closed" end
+  connmod.count_out(1)
   local ok, err = write_message(self, b0, msg)
   if ok == false then self._full = true end
   return ok, err
@@ -356,6 +358,7 @@ end
 
 -- Delivers a complete message.
 local function message(ws, route, msg, op)
+  connmod.count_in(1)
   local cb = route.handlers.on_message
   if cb then cb(ws, msg, op == 1 and "text" or "binary") end
 end
