@@ -1,0 +1,558 @@
+#!/usr/bin/env bash
+# bench/run.sh: the `make bench` driver. Runs moonwire and its peers side by
+# side on this machine and prints markdown tables (also written to
+# bench/results/latest.md).
+#
+#   bench/run.sh [tcp] [idle] [http] [ws]     default: all four
+#
+# Every server is pinned to one CPU (BENCH_SERVER_CPU, default 0) and the
+# load generator to another (BENCH_CLIENT_CPU, default 1). Throughput is also
+# given per server CPU-second (utime + stime from /proc over the measured
+# window), because the load generator saturates first against fast servers.
+# Each figure is the median of BENCH_RUNS runs (default 3) of BENCH_SECONDS
+# (default 5) measured after BENCH_WARMUP (default 1) seconds of warm-up.
+# Only loopback addresses are used; only the processes started here are
+# stopped. See docs/BENCHMARKS.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+RUNS=${BENCH_RUNS:-3}
+SECS=${BENCH_SECONDS:-5}
+WARM=${BENCH_WARMUP:-1}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+NEXT_PORT=${BENCH_PORT_BASE:-19100}
+PORT_LIMIT=$((NEXT_PORT + 800))
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+# A run during which other work used more than this % of a CPU is repeated
+# (at most RUNS extra times per row); the machine may be shared.
+MAX_OTHER=${BENCH_MAX_OTHER:-25}
+HOST=127.0.0.1
+LOADGEN=bench/bin/loadgen
+MOONWIRE=bin/moonwire
+RESULTS=bench/results/latest.md
+CLK_TCK=$(getconf CLK_TCK)
+
+ALL_SCENARIOS=(tcp idle http ws)
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
+for s in "${SCENARIOS[@]}"; do
+    case " ${ALL_SCENARIOS[*]} " in
+    *" $s "*) ;;
+    *)
+        echo "run.sh: unknown scenario '$s' (choose from: ${ALL_SCENARIOS[*]})" >&2
+        exit 2
+        ;;
+    esac
+done
+
+TMP=$(mktemp -d /tmp/moonwire-bench.XXXXXX)
+STARTED=() # Every PID this script started, so cleanup kills only those.
+
+cleanup() {
+    local pid
+    for pid in "${STARTED[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '%s\n' "$*" | tee -a "$TMP/report.md"; }
+note() { printf '%s\n' "$*" >&2; }
+
+# ---- build -----------------------------------------------------------------
+
+make -s -f bench/bench.mk bench-tools
+MOONWIRE_NOTE=""
+if [ -f Makefile ] && [ -d runtime ]; then
+    if ! make -s all >"$TMP/make.log" 2>&1; then
+        MOONWIRE_NOTE="moonwire build failed (see make output); moonwire rows skipped"
+        tail -20 "$TMP/make.log" >&2
+    fi
+fi
+if [ -z "$MOONWIRE_NOTE" ] && [ ! -x "$MOONWIRE" ]; then
+    MOONWIRE_NOTE="$MOONWIRE not built; moonwire rows skipped"
+fi
+
+# Servers and clients in the 16,000-connection runs need the fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---- processes -------------------------------------------------------------
+
+port_busy() { [ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; }
+
+# Picks a fresh free port for every server start: fresh ports also keep the
+# TIME_WAIT sockets of one run from colliding with the next.
+pick_port() {
+    while port_busy "$NEXT_PORT"; do
+        NEXT_PORT=$((NEXT_PORT + 1))
+    done
+    if [ "$NEXT_PORT" -ge "$PORT_LIMIT" ]; then
+        note "run.sh: no free port left below $PORT_LIMIT"
+        exit 1
+    fi
+    PORT=$NEXT_PORT
+    NEXT_PORT=$((NEXT_PORT + 1))
+}
+
+# start_server NAME CMD... (CMD may use $PORT): sets SERVER_PID (the process
+# to measure) and SERVER_MAIN (the process to stop). Returns 1 if the server
+# does not listen within 10 s.
+start_server() {
+    local name=$1
+    shift
+    taskset -c "$SERVER_CPU" "$@" >"$TMP/$name.$PORT.log" 2>&1 &
+    SERVER_MAIN=$!
+    SERVER_PID=$SERVER_MAIN
+    STARTED+=("$SERVER_MAIN")
+    local i
+    for ((i = 0; i < 200; i++)); do
+        if ! kill -0 "$SERVER_MAIN" 2>/dev/null; then
+            note "run.sh: $name exited at start:"
+            tail -5 "$TMP/$name.$PORT.log" >&2
+            return 1
+        fi
+        if port_busy "$PORT"; then
+            if [ "$name" = nginx ]; then
+                # Measure the single worker, not the master that only waits.
+                SERVER_PID=$(pgrep -P "$SERVER_MAIN" | head -1)
+                [ -n "$SERVER_PID" ] || { sleep 0.05 && continue; }
+            fi
+            sleep 0.2 # Let it finish starting (JIT warm-up is the warm-up's job).
+            return 0
+        fi
+        sleep 0.05
+    done
+    note "run.sh: $name did not listen on $PORT within 10 s"
+    stop_server
+    return 1
+}
+
+stop_server() {
+    kill "$SERVER_MAIN" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$SERVER_MAIN" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$SERVER_MAIN" 2>/dev/null || true
+    wait "$SERVER_MAIN" 2>/dev/null || true
+}
+
+alive() { kill -0 "$SERVER_PID" 2>/dev/null; }
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+cpu_ticks() {
+    local stat rest
+    stat=$(cat "/proc/$1/stat")
+    rest=${stat##*) }
+    # shellcheck disable=SC2086 # Word splitting into fields is the point.
+    set -- $rest
+    echo $((${12} + ${13})) # utime + stime: fields 14 and 15 of the whole line.
+}
+
+# Busy ticks of the whole machine: user nice system irq softirq steal.
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+# Sums the request bytes the server side of every established connection has
+# received, and counts those connections (one ss snapshot, on the client CPU).
+ss_snapshot() {
+    taskset -c "$CLIENT_CPU" ss -Htin state established "( sport = :$PORT )" |
+        awk '/^[^ \t]/ { n++ }
+             { for (i = 1; i <= NF; i++) if ($i ~ /^bytes_received:/) { split($i, a, ":"); b += a[2] } }
+             END { printf "%d %d\n", n, b }'
+}
+
+# ---- statistics ------------------------------------------------------------
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : "-") }'; }
+kv() { printf '%s\n' "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+pct() { awk -v c="${1:-0}" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? 100 * c / s : 0) }'; }
+human_kb() { awk -v k="$1" 'BEGIN { if (k >= 10240) printf "%.1f MB", k / 1024; else printf "%d KB", k }'; }
+fmt_rate() { awk -v r="$1" 'BEGIN { if (r == "-") print "-"; else if (r >= 1000) printf "%.1fk", r / 1000; else printf "%d", r }'; }
+
+# ---- the message echo scenarios (tcp, ws) ----------------------------------
+
+# echo_rows MODE NAME CMD...: starts the server once, runs every connection
+# count RUNS times against it, and appends one table row per count.
+echo_rows() {
+    local mode=$1 name=$2
+    shift 2
+    pick_port
+    local cmd=()
+    local a
+    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
+    if ! start_server "$name" "${cmd[@]}"; then
+        say "| $name | - | server failed to start | | | | | | | |"
+        return
+    fi
+    local rss0 conns run out
+    rss0=$(rss_kb "$SERVER_PID")
+    for conns in 50 1000; do
+        local rates=() percpu=() cpus=() clients=() others=() p50s=() p99s=() errs=0 retries=0
+        for ((run = 1; run <= RUNS; run++)); do
+            out=$(taskset -c "$CLIENT_CPU" "$LOADGEN" --mode "$mode" --host "$HOST" --port "$PORT" \
+                --conns "$conns" --seconds "$SECS" --warmup "$WARM" --size 64 \
+                --server-pid "$SERVER_PID" 2>"$TMP/loadgen.err") || true
+            if [ -n "$(kv rate "$out")" ] && [ "$retries" -lt "$RUNS" ] &&
+                [ "$(pct "$(kv other_cpu_s "$out")" "$(kv secs "$out")")" -gt "$MAX_OTHER" ]; then
+                retries=$((retries + 1))
+                run=$((run - 1))
+                sleep 1
+                continue
+            fi
+            if [ -z "$(kv rate "$out")" ]; then
+                note "run.sh: $name $mode $conns conns: loadgen failed: $(head -3 "$TMP/loadgen.err")"
+                errs=$((errs + 1))
+                alive || break
+                continue
+            fi
+            rates+=("$(kv rate "$out")")
+            percpu+=("$(kv per_cpu_s "$out")")
+            cpus+=("$(pct "$(kv server_cpu_s "$out")" "$(kv secs "$out")")")
+            clients+=("$(pct "$(kv client_cpu_s "$out")" "$(kv secs "$out")")")
+            others+=("$(pct "$(kv other_cpu_s "$out")" "$(kv secs "$out")")")
+            p50s+=("$(kv p50_us "$out")")
+            p99s+=("$(kv p99_us "$out")")
+            errs=$((errs + $(kv errors "$out")))
+            sleep 0.3
+        done
+        if [ ${#rates[@]} -eq 0 ]; then
+            say "| $name | $conns | failed | | | | | | | $errs |"
+            continue
+        fi
+        say "| $name | $conns | $(fmt_rate "$(median "${rates[@]}")") | $(median "${cpus[@]}")% |" \
+            "$(fmt_rate "$(median "${percpu[@]}")") | $(median "${p50s[@]}") | $(median "${p99s[@]}") |" \
+            "$(median "${clients[@]}")% | $(median "${others[@]}")% | $errs |"
+    done
+    RSS_ROWS+=("| $name | $(human_kb "$rss0") | $(human_kb "$(rss_kb "$SERVER_PID")") |")
+    stop_server
+}
+
+echo_header() {
+    say "| server | conns | msg/s | server CPU | msg per server CPU-s | p50 µs | p99 µs | loadgen CPU | other CPU | errors |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+
+rss_table() {
+    say ""
+    say "Server RSS at start and after all the runs above:"
+    say ""
+    say "| server | RSS at start | RSS after load |"
+    say "|---|---:|---:|"
+    local r
+    for r in "${RSS_ROWS[@]}"; do say "$r"; done
+}
+
+moonwire_usable() {
+    local handler=$1
+    if [ -n "$MOONWIRE_NOTE" ]; then
+        NOTES+=("moonwire: $MOONWIRE_NOTE.")
+        return 1
+    fi
+    if [ ! -f "$handler" ]; then
+        NOTES+=("moonwire: skipped, $handler does not exist yet.")
+        return 1
+    fi
+    return 0
+}
+
+print_notes() {
+    local n
+    for n in "${NOTES[@]}"; do say ""; say "Note: $n"; done
+}
+
+scenario_tcp() {
+    say ""
+    say "### TCP echo, 64 B messages, one outstanding per connection (loadgen --mode tcp)"
+    say ""
+    NOTES=()
+    RSS_ROWS=()
+    echo_header
+    if moonwire_usable handlers/echo.lua; then
+        echo_rows tcp moonwire "$MOONWIRE" run handlers/echo.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    echo_rows tcp echo_c bench/bin/echo_c "$HOST" @PORT@
+    if luajit -e 'require "luv"' 2>/dev/null; then
+        echo_rows tcp luv luajit bench/luv_echo.lua "$HOST" @PORT@
+    else
+        NOTES+=("luv: skipped, lua-luv is not installed (apt-get install lua-luv).")
+    fi
+    rss_table
+    print_notes
+}
+
+scenario_ws() {
+    say ""
+    say "### WebSocket echo, 64 B text frames (loadgen --mode ws)"
+    say ""
+    NOTES=()
+    RSS_ROWS=()
+    echo_header
+    if moonwire_usable handlers/ws_echo.lua; then
+        echo_rows ws moonwire "$MOONWIRE" run handlers/ws_echo.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    echo_rows ws ws_c bench/bin/ws_c "$HOST" @PORT@
+    if command -v node >/dev/null; then
+        echo_rows ws node_ws node bench/node_ws_echo.js "$HOST" @PORT@
+    else
+        NOTES+=("node ws: skipped, node is not installed.")
+    fi
+    rss_table
+    print_notes
+}
+
+# ---- idle ------------------------------------------------------------------
+
+# idle_row NAME MODE CMD...: per run, a fresh server; RSS before and while
+# IDLE_CONNS connections are held; the row gives the medians.
+idle_row() {
+    local name=$1 mode=$2
+    shift 2
+    local before=() held=() per=() run a ok=0
+    for ((run = 1; run <= RUNS; run++)); do
+        pick_port
+        if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
+        local cmd=()
+        for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
+        start_server "$name" "${cmd[@]}" || break
+        sleep 0.3
+        local rss0 rss1 lg i
+        rss0=$(rss_kb "$SERVER_PID")
+        taskset -c "$CLIENT_CPU" "$LOADGEN" --mode "$mode" --host "$HOST" --port "$PORT" \
+            --conns "$IDLE_CONNS" --seconds 4 >"$TMP/idle.out" 2>"$TMP/idle.err" &
+        lg=$!
+        STARTED+=("$lg")
+        for ((i = 0; i < 600; i++)); do
+            grep -q '^open=' "$TMP/idle.out" && break
+            kill -0 "$lg" 2>/dev/null || break
+            sleep 0.05
+        done
+        if grep -q '^open=' "$TMP/idle.out"; then
+            sleep 1 # Let the server finish accepting and settle.
+            rss1=$(rss_kb "$SERVER_PID")
+            before+=("$rss0")
+            held+=("$rss1")
+            per+=("$(((rss1 - rss0) * 1024 / IDLE_CONNS))")
+            ok=1
+        else
+            note "run.sh: $name idle: $(head -3 "$TMP/idle.err")"
+        fi
+        wait "$lg" 2>/dev/null || true
+        stop_server
+    done
+    if [ "$ok" = 0 ]; then
+        say "| $name | $mode | failed | | | |"
+        return
+    fi
+    say "| $name | $mode | $IDLE_CONNS | $(human_kb "$(median "${before[@]}")") |" \
+        "$(human_kb "$(median "${held[@]}")") | $(median "${per[@]}") B |"
+}
+
+scenario_idle() {
+    say ""
+    say "### RSS per idle connection ($IDLE_CONNS connections held; loadgen --mode idle / http-idle)"
+    say ""
+    NOTES=()
+    say "| server | connections | held | RSS before | RSS with all held | RSS per idle conn |"
+    say "|---|---|---:|---:|---:|---:|"
+    if moonwire_usable handlers/echo.lua; then
+        idle_row moonwire idle "$MOONWIRE" run handlers/echo.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    idle_row echo_c idle bench/bin/echo_c "$HOST" @PORT@
+    if luajit -e 'require "luv"' 2>/dev/null; then
+        idle_row luv idle luajit bench/luv_echo.lua "$HOST" @PORT@
+    fi
+    if nginx_usable; then
+        idle_row nginx http-idle nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
+    fi
+    NOTES+=("\"idle\" connections are only connected; \"http-idle\" ones have completed one keep-alive GET first. RSS after the tcp load runs is in the TCP table's RSS section.")
+    print_notes
+}
+
+# ---- http ------------------------------------------------------------------
+
+nginx_usable() {
+    if ! command -v nginx >/dev/null || [ ! -f /usr/lib/nginx/modules/ngx_http_lua_module.so ]; then
+        NOTES+=("nginx + lua: skipped, install with: apt-get install nginx libnginx-mod-http-lua")
+        return 1
+    fi
+    return 0
+}
+
+# Writes the nginx prefix directory for the port about to be picked. nginx
+# is given one worker, all the fds it needs and no log on the hot path.
+nginx_conf() {
+    local dir="$TMP/nginx.$1"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 40000;
+pid $dir/nginx.pid;
+error_log stderr warn;
+events {
+    worker_connections 20000;
+}
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    server {
+        listen $HOST:$1 backlog=4096;
+        location / {
+            default_type text/plain;
+            content_by_lua_block { ngx.print("Hello, World!") }
+        }
+    }
+}
+EOF
+}
+
+# http_rows NAME CMD...: wrk -t1 at each connection count. Once every
+# connection is established (ss), after the warm-up, requests are counted
+# from the server side's received bytes over the measured window, so the
+# slow connect phase of 16,000 connections is not averaged in.
+http_rows() {
+    local name=$1
+    shift
+    pick_port
+    local cmd=() a
+    if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
+    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
+    if ! start_server "$name" "${cmd[@]}"; then
+        say "| $name | - | server failed to start | | | | | | |"
+        return
+    fi
+    local req_len conns run
+    # wrk's request: "GET / HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n\r\n".
+    req_len=$(printf 'GET / HTTP/1.1\r\nHost: %s:%s\r\n\r\n' "$HOST" "$PORT" | wc -c)
+    for conns in 200 8000 16000; do
+        local rates=() percpu=() cpus=() wrks=() others=() opens=() errs=0 retries=0
+        for ((run = 1; run <= RUNS; run++)); do
+            taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d600 --timeout 10s \
+                "http://$HOST:$PORT/" >"$TMP/wrk.out" 2>&1 &
+            local wrk=$! i snap0 snap1 t0 t1 c0 c1 w0 w1 m0 m1 open=0
+            STARTED+=("$wrk")
+            for ((i = 0; i < 300; i++)); do # Up to 30 s to connect everything.
+                open=$(ss_snapshot | cut -d' ' -f1)
+                [ "$open" -ge "$conns" ] && break
+                kill -0 "$wrk" 2>/dev/null || break
+                sleep 0.1
+            done
+            sleep "$WARM"
+            c0=$(cpu_ticks "$SERVER_PID" 2>/dev/null || echo 0)
+            w0=$(cpu_ticks "$wrk" 2>/dev/null || echo 0)
+            m0=$(busy_ticks)
+            t0=$(date +%s.%N)
+            snap0=$(ss_snapshot)
+            sleep "$SECS"
+            snap1=$(ss_snapshot)
+            t1=$(date +%s.%N)
+            c1=$(cpu_ticks "$SERVER_PID" 2>/dev/null || echo "$c0")
+            w1=$(cpu_ticks "$wrk" 2>/dev/null || echo "$w0")
+            m1=$(busy_ticks)
+            kill -INT "$wrk" 2>/dev/null || true
+            wait "$wrk" 2>/dev/null || true
+            if grep -qE 'Socket errors|Non-2xx' "$TMP/wrk.out"; then
+                errs=$((errs + 1))
+                note "run.sh: $name $conns conns: $(grep -E 'Socket errors|Non-2xx' "$TMP/wrk.out" | tr -s ' ')"
+            fi
+            read -r _ b0 <<<"$snap0"
+            read -r o1 b1 <<<"$snap1"
+            local stats
+            stats=$(awk -v b="$((b1 - b0))" -v l="$req_len" -v t0="$t0" -v t1="$t1" \
+                -v c="$((c1 - c0))" -v w="$((w1 - w0))" -v m="$((m1 - m0))" -v hz="$CLK_TCK" 'BEGIN {
+                    r = b / l; s = t1 - t0; cpu = c / hz; o = (m - c - w) / hz; if (o < 0) o = 0;
+                    printf "%.0f %.0f %.0f %.0f %.0f\n", r / s, (cpu > 0 ? r / cpu : 0),
+                        100 * cpu / s, 100 * w / hz / s, 100 * o / s }')
+            read -r r p u wu ou <<<"$stats"
+            if [ "$ou" -gt "$MAX_OTHER" ] && [ "$retries" -lt "$RUNS" ]; then
+                retries=$((retries + 1))
+                run=$((run - 1))
+                sleep 1
+                continue
+            fi
+            opens+=("$o1")
+            wrks+=("$wu")
+            others+=("$ou")
+            rates+=("$r")
+            percpu+=("$p")
+            cpus+=("$u")
+            alive || break
+            sleep 0.5
+        done
+        say "| $name | $conns | $(median "${opens[@]}") | $(fmt_rate "$(median "${rates[@]}")") |" \
+            "$(median "${cpus[@]}")% | $(fmt_rate "$(median "${percpu[@]}")") |" \
+            "$(median "${wrks[@]}")% | $(median "${others[@]}")% | $errs |"
+        alive || break
+    done
+    stop_server
+}
+
+scenario_http() {
+    say ""
+    say "### HTTP hello (wrk -t1, keep-alive; steady state once all connections are open)"
+    say ""
+    NOTES=()
+    if ! command -v wrk >/dev/null; then
+        say "Skipped: wrk is not installed (apt-get install wrk)."
+        return
+    fi
+    say "| server | conns | open | req/s | server CPU | req per server CPU-s | wrk CPU | other CPU | runs with wrk errors |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if moonwire_usable handlers/hello_http.lua; then
+        http_rows moonwire "$MOONWIRE" run handlers/hello_http.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    http_rows http_c bench/bin/http_c "$HOST" @PORT@
+    if nginx_usable; then
+        http_rows nginx nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
+    fi
+    print_notes
+}
+
+# ---- main ------------------------------------------------------------------
+
+: >"$TMP/report.md"
+say "## moonwire benchmarks, $(date -u '+%Y-%m-%d %H:%M UTC')"
+say ""
+say "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)," \
+    "$(awk '/^MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
+say "- command: bench/run.sh ${SCENARIOS[*]} (RUNS=$RUNS, ${SECS} s measured after ${WARM} s warm-up)"
+say "- server on CPU $SERVER_CPU, load generator on CPU $CLIENT_CPU; figures are medians of $RUNS runs"
+say "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews results)"
+[ -n "$MOONWIRE_NOTE" ] && say "- $MOONWIRE_NOTE"
+
+for s in "${SCENARIOS[@]}"; do
+    "scenario_$s"
+done
+
+say ""
+say "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg). \"other CPU\" is machine-wide busy time"
+say "(/proc/stat) that is neither the server's nor the load generator's, in % of one CPU: kernel"
+say "work not charged to either, plus anything else running. A run with more than $MAX_OTHER% is"
+say "repeated (up to $RUNS times per row); distrust rows where it is still high."
+
+mkdir -p "$(dirname "$RESULTS")"
+cp "$TMP/report.md" "$RESULTS"
+note ""
+note "run.sh: results written to $RESULTS"
