@@ -26,6 +26,7 @@ $(BENCH_BIN)/ws_c $(BENCH_BIN)/loadgen: $(BENCH_BIN)/%: bench/%.c | $(BENCH_BIN)
 
 # Scenarios can be picked with BENCH_ARGS, e.g. make bench BENCH_ARGS="tcp idle".
 bench: bench-tools
+	scripts/install-deps.sh --bench
 	bash bench/run.sh $(BENCH_ARGS)
 
 bench-clean:

@@ -19,7 +19,7 @@ local HANDLER = [[
 return {
   on_data = function(conn, data)
     if data == "gen?" then
-      return conn:write(tostring(conn.loop.generation) .. "\n")
+      return conn:write(conn.loop.generation .. " " .. conn.loop.id .. "\n")
     end
     conn:write(data)
   end,
@@ -40,15 +40,28 @@ local function latency()
   local dir = H.tmpdir()
   save(dir, 1)
   local srv = H.start_server { script = dir .. "/h.lua", loops = 4, args = { "--log-level", "warn" } }
-  -- 64 connections, spread over the 4 loops by SO_REUSEPORT: a reload is complete when
-  -- every one of them answers with the new generation.
-  local conns = {}
-  for i = 1, 64 do
-    conns[i] = assert(H.connect(srv.port))
-  end
-  local function gen_of(c)
+  -- One connection on each of the 4 loops (SO_REUSEPORT spreads them; the handler says
+  -- which loop answers): a reload is complete when all four answer with the new generation.
+  local function ask(c)
     assert(c:send("gen?"))
-    return tonumber(assert(c:receive("*l")))
+    local gen, loop = assert(c:receive("*l")):match("(%d+) (%d+)")
+    return tonumber(gen), tonumber(loop)
+  end
+  local conns, seen = {}, {}
+  for _ = 1, 200 do
+    local c = assert(H.connect(srv.port))
+    local _, loop = ask(c)
+    if seen[loop] then
+      c:close()
+    else
+      seen[loop] = true
+      conns[#conns + 1] = c
+    end
+    if #conns == 4 then break end
+  end
+  assert(#conns == 4, "could not reach all 4 loops")
+  local function gen_of(c)
+    return (ask(c))
   end
   local times = {}
   for i = 1, N do
@@ -69,7 +82,7 @@ local function latency()
     c:close()
   end
   srv:stop()
-  print(("reload-latency loops=4 conns=%d reloads=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f"):format(
+  print(("reload-latency loops=4 probes=%d reloads=%d p50_ms=%.1f p99_ms=%.1f max_ms=%.1f"):format(
     #conns, #times, percentile(times, 0.5), percentile(times, 0.99), percentile(times, 1.0)))
 end
 

@@ -34,7 +34,7 @@ MOONWIRE=bin/moonwire
 RESULTS=bench/results/latest.md
 CLK_TCK=$(getconf CLK_TCK)
 
-ALL_SCENARIOS=(tcp idle http ws)
+ALL_SCENARIOS=(tcp idle http ws reload)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -528,6 +528,30 @@ scenario_http() {
         http_rows nginx nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
     fi
     print_notes
+}
+
+scenario_reload() {
+    say ""
+    say "### Hot reload (bench/reload.lua)"
+    say ""
+    NOTES=()
+    if ! moonwire_usable handlers/echo.lua; then
+        print_notes
+        return
+    fi
+    say "Latency: a 4-loop server, 64 connections spread over the loops; time from the rename of"
+    say "the handler to every connection answering with the new generation."
+    say ""
+    say '```'
+    RELOADS=100 luajit bench/reload.lua latency 2>&1 | tee -a "$TMP/report.md" >&2
+    say '```'
+    say ""
+    say "Under load: loadgen on 1,000 echo connections (64 B, every echo checked), once without"
+    say "reloads (10 s) and once while the handler is reloaded 100 times by SIGHUP (12 s)."
+    say ""
+    say '```'
+    luajit bench/reload.lua load 2>&1 | tee -a "$TMP/report.md" >&2
+    say '```'
 }
 
 # ---- main ------------------------------------------------------------------

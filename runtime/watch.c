@@ -13,7 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define DEBOUNCE_MS 25
+#define DEBOUNCE_MS 15
 
 typedef struct wfile_s {
     struct wfile_s *next;

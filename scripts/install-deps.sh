@@ -14,6 +14,10 @@ PKGS=(
 if [ "${MOONWIRE_BROWSER_TESTS:-1}" = 1 ]; then
   PKGS+=(chromium)
 fi
+# `make bench` also compares against nginx + lua-nginx-module.
+if [ "${1:-}" = "--bench" ]; then
+  PKGS+=(nginx libnginx-mod-http-lua)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
