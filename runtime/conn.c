@@ -29,6 +29,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void start_reading(mw_conn_t *c);
 static void stop_reading(mw_conn_t *c);
 static void finish_close(mw_conn_t *c);
+static void flush(mw_conn_t *c);
 
 static const char *const reason_names[] = {
     "none", "eof", "reset", "timeout", "closed", "aborted", "error", "limit", "shutdown",
@@ -210,12 +211,7 @@ void mw__loop_pending_add(mw_loop_t *l, mw_conn_t *c) {
 static void on_closed(uv_handle_t *h) {
     mw_conn_t *c = (mw_conn_t *)h;
     mw_loop_t *l = mw__conn_loop(c);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        l->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    l->nconns--;
     atomic_fetch_sub(&mw__open_conns, 1);
     MW_STAT_ADD(l->stats.open_conns, (uint64_t)-1);
     MW_STAT_ADD(l->stats.closed, 1);
@@ -223,7 +219,7 @@ static void on_closed(uv_handle_t *h) {
         c->flags |= MW_CONN_FREE_LATER; /* freed when the list walk reaches it */
     else
         release(c);
-    if (l->shutting_down && l->conns == NULL)
+    if (l->shutting_down && l->nconns == 0)
         uv_stop(&l->uv);
 }
 
@@ -352,23 +348,38 @@ void mw__conn_teardown(mw_conn_t *c, int reason, int graceful) {
     continue_close(c);
 }
 
+/* Connections are found through libuv's own handle list (their handle's data is
+ * mw__conn_tag), so a connection carries no list links of its own for this. uv_walk visits
+ * a snapshot: closing handles from the callback is safe. */
+char mw__conn_tag;
+
+static void close_all_walk(uv_handle_t *h, void *arg) {
+    if (h->data != &mw__conn_tag)
+        return;
+    mw_conn_t *c = (mw_conn_t *)h;
+    int reason = *(int *)arg;
+    if (!(c->flags & MW_CONN_CLOSING))
+        mw__conn_teardown(c, reason, 0);
+    else if (!(c->flags & MW_CONN_HANDLE_CLOSING) && (c->flags & MW_CONN_CLOSE_NOTIFIED))
+        finish_close(c);
+}
+
 void mw__conn_close_all(mw_loop_t *l, int reason) {
-    mw_conn_t *c = l->conns;
-    while (c) {
-        mw_conn_t *next = c->next;
-        if (!(c->flags & MW_CONN_CLOSING))
-            mw__conn_teardown(c, reason, 0);
-        else if (!(c->flags & MW_CONN_HANDLE_CLOSING) && (c->flags & MW_CONN_CLOSE_NOTIFIED))
-            finish_close(c);
-        c = next;
-    }
+    uv_walk(&l->uv, close_all_walk, &reason);
+}
+
+static void lingering_walk(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (h->data != &mw__conn_tag)
+        return;
+    mw_conn_t *c = (mw_conn_t *)h;
+    if ((c->flags & MW_CONN_SHUTDOWN_SENT) && (c->flags & MW_CONN_CLOSE_NOTIFIED) &&
+        c->inflight == 0)
+        finish_close(c);
 }
 
 void mw__conn_close_lingering(mw_loop_t *l) {
-    for (mw_conn_t *c = l->conns; c; c = c->next)
-        if ((c->flags & MW_CONN_SHUTDOWN_SENT) && (c->flags & MW_CONN_CLOSE_NOTIFIED) &&
-            c->inflight == 0)
-            finish_close(c);
+    uv_walk(&l->uv, lingering_walk, NULL);
 }
 
 /* ---- reading ------------------------------------------------------------------------- */
@@ -474,6 +485,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         c->in.len += (size_t)nread;
         deliver(c, c->in.base + c->in.off, c->in.len, 0);
     }
+    /* Answer right away: everything the handler wrote for this read goes out in one write
+     * now, so the peer can send its next request while we read the other sockets. Output
+     * from timers and other connections' callbacks still waits for the prepare phase. */
+    if (c->out.len > 0 && c->inflight == 0 && !(c->flags & MW_CONN_CLOSING))
+        flush(c);
 }
 
 static void start_reading(mw_conn_t *c) {
@@ -649,10 +665,8 @@ void mw__conn_run_pending(mw_loop_t *l) {
 
 static void setup(mw_loop_t *l, mw_conn_t *c) {
     c->id = ++l->next_conn_id;
-    c->next = l->conns;
-    if (l->conns)
-        l->conns->prev = c;
-    l->conns = c;
+    c->tcp.data = &mw__conn_tag;
+    l->nconns++;
     MW_STAT_ADD(l->stats.accepted, 1);
     MW_STAT_ADD(l->stats.open_conns, 1);
     long open = atomic_fetch_add(&mw__open_conns, 1) + 1;

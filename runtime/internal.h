@@ -185,7 +185,6 @@ struct mw_conn_s {
     size_t inflight; /* bytes inside uv_write requests */
     mw_conn_t *flush_next;
     mw_conn_t *pending_next;
-    mw_conn_t *prev, *next; /* every connection of the loop */
     /* idle timeout: position in one of the loop's timeout lists */
     mw_tlist_t *tlist;
     mw_conn_t *tprev, *tnext;
@@ -286,7 +285,7 @@ struct mw_loop_s {
     char *rbuf; /* shared read buffer: reads land here unless a connection has leftovers */
     mw_bufcache_t bufcache;
     double next_conn_id;
-    mw_conn_t *conns;        /* all connections */
+    long nconns;             /* connections not yet freed */
     mw_conn_t *flush_head;   /* connections with output to write */
     mw_conn_t *pending_head; /* connections with deferred Lua work */
     mw_conn_t *pending_tail;
@@ -337,6 +336,8 @@ void mw__stats_start(mw_loop_t *l);
 
 /* Marks Lua timers (handle->data) so teardown can tell them from the loop's own timers. */
 extern char mw__lua_timer_tag;
+/* Marks connection handles (handle->data), so uv_walk can find them. */
+extern char mw__conn_tag;
 
 /* ---- pubsub (pubsub.c) -------------------------------------------------------------- */
 

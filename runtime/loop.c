@@ -79,11 +79,9 @@ static void stop_listening(mw_loop_t *l) {
 
 static void on_drain_timeout(uv_timer_t *t) {
     mw_loop_t *l = t->data;
-    int n = 0;
-    for (mw_conn_t *c = l->conns; c; c = c->next)
-        n++;
+    long n = l->nconns;
     if (n > 0)
-        MW_LOG(MW_LOG_INFO, l->id, "drain timeout: closing %d remaining connection(s)", n);
+        MW_LOG(MW_LOG_INFO, l->id, "drain timeout: closing %ld remaining connection(s)", n);
     mw__conn_close_all(l, MW_REASON_SHUTDOWN);
 }
 
@@ -94,7 +92,7 @@ static void begin_shutdown(mw_loop_t *l) {
     stop_listening(l);
     mw__lua_shutdown(l);
     mw__conn_close_lingering(l);
-    if (l->conns == NULL) {
+    if (l->nconns == 0) {
         uv_stop(&l->uv);
         return;
     }
@@ -297,7 +295,7 @@ static void *loop_main(void *arg) {
     if (rc == 0) {
         MW_LOG(MW_LOG_DEBUG, l->id, "loop running");
         /* uv_stop ends a turn early; keep going until the drain is complete. */
-        while (uv_run(&l->uv, UV_RUN_DEFAULT) != 0 && !(l->shutting_down && l->conns == NULL))
+        while (uv_run(&l->uv, UV_RUN_DEFAULT) != 0 && !(l->shutting_down && l->nconns == 0))
             ;
     }
     loop_cleanup(l);

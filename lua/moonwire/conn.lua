@@ -1,7 +1,9 @@
 -- Connection objects. A connection is a small Lua table { id, _c } whose methods call the C
 -- core through the FFI; `loop` comes from the metatable and `state` is created on first use,
--- so an idle connection costs one table. `_c` is cleared when on_close is delivered, after
--- which every method fails softly with nil, "closed".
+-- so an idle connection costs one table. `_c` is the address of the C connection as a
+-- number (cast at each call: free in compiled code, and no cdata object kept per
+-- connection). It is cleared when on_close is delivered, after which every method fails
+-- softly with nil, "closed".
 local ffi = require "ffi"
 local core = require "moonwire.core"
 
@@ -20,12 +22,23 @@ local ENOBUFS = 105
 
 local methods = {}
 
+local connp = ffi.typeof("mw_conn_t *")
+local cast = ffi.cast
+
 local function check_open(self)
   local c = self._c
   if c == nil or self.closed then
     return nil
   end
-  return c
+  return cast(connp, c)
+end
+
+local function any_ptr(self)
+  local c = self._c
+  if c == nil then
+    return nil
+  end
+  return cast(connp, c)
 end
 
 local function write_result(r)
@@ -102,7 +115,7 @@ function methods:close()
 end
 
 function methods:abort()
-  local c = self._c
+  local c = any_ptr(self)
   if c == nil then
     return
   end
@@ -141,7 +154,7 @@ local portbuf = ffi.new("int[1]")
 
 --- Returns the peer's address and port, or nil, "closed".
 function methods:peer()
-  local c = self._c
+  local c = any_ptr(self)
   if c == nil then
     return nil, "closed"
   end
@@ -164,7 +177,7 @@ end
 
 --- Bytes waiting in the write queue.
 function methods:queued()
-  local c = self._c
+  local c = any_ptr(self)
   if c == nil then
     return 0
   end
@@ -210,8 +223,9 @@ function _M.count_out(n)
   counters.messages_out = counters.messages_out + n
 end
 
-function _M.new(cptr, id)
-  return setmetatable({ id = id, _c = cptr }, mt)
+--- addr: the C connection's address as a number.
+function _M.new(addr, id)
+  return setmetatable({ id = id, _c = addr }, mt)
 end
 
 _M.methods = methods

@@ -366,7 +366,7 @@ local function dispatch(ev, id, a, b)
     return b
   elseif ev == EV_OPEN then
     local cptr = cast(connp, a)
-    local conn = new_conn(cptr, id)
+    local conn = new_conn(a, id)
     conns[id] = conn
     local h = handler
     conn._proto = h.protocol
