@@ -391,6 +391,130 @@ local function ws_route_of(app, conn)
     return r or (st and st.ws_route)
 end
 
+-- Handles the request (or body bytes) at buf[pos]. Returns the new position and what to
+-- do next: CONTINUE with the next pipelined request, STOP, or RETURN a value to the core.
+-- One request per read is the common case; keeping it out of a Lua loop lets LuaJIT
+-- compile the whole request path (a loop that runs once per call would abort the trace).
+local CONTINUE, STOP, RETURN = 1, 2, 3
+
+local function one_request(app, conn, st, buf, pos, len)
+    if st.cur or st.congested then
+        -- A response is still being produced: keep the rest in the
+        -- core's buffer, and stop reading, until it is done.
+        if not st.paused then
+            st.paused = true
+            conn:pause()
+        end
+        return pos, STOP
+    end
+    local req = st.req
+    if req == nil then
+        local p, avail = buf + pos, len - pos
+        local c = p[0]
+        if (c == 13 or c == 10) and st.scan == 0 then
+            -- Empty lines before a request line are ignored (RFC 9112 2.2).
+            return pos + 1, CONTINUE
+        end
+        if st.tmode == T_HEADER and now(conn) >= st.deadline then
+            fail(conn, st, 408)
+            return pos, STOP
+        end
+        if st.scan > 0 then
+            -- The head was incomplete last time: parse only once its
+            -- blank line is here, so a slow client costs O(n).
+            local e, scan = find_blank(p, avail, st.scan)
+            if e == 0 then
+                st.scan = scan
+                local status = check_partial(p, avail)
+                if status then
+                    fail(conn, st, status)
+                    return pos, STOP
+                end
+                local left = st.deadline - now(conn)
+                conn:set_timeout(left > 1 and left or 1)
+                return pos, STOP
+            end
+        end
+        -- Every field a request gets is in the constructor, so the
+        -- table is allocated at its final size once.
+        req = setmetatable({
+            conn = conn, method = false, target = false, path = false, minor = false, headers = false,
+            body = false, keepalive = false, _length = false, _chunked = false, _expect = false,
+        }, req_mt)
+        local n = parse_head(p, avail, req)
+        if n == 0 then
+            st.scan = avail
+            if st.tmode ~= T_HEADER then
+                st.deadline = now(conn) + st.hdr_ms
+                set_tmode(conn, st, T_HEADER, st.hdr_ms)
+            else
+                local left = st.deadline - now(conn)
+                conn:set_timeout(left > 1 and left or 1)
+            end
+            return pos, STOP
+        elseif n < 0 then
+            fail(conn, st, -n)
+            return pos, STOP
+        end
+        st.scan = 0
+        pos = pos + n
+        local status = prepare(req, st)
+        if status then
+            fail(conn, st, status)
+            return pos, STOP
+        end
+        if req._length == 0 then
+            req.body = ""
+        else
+            st.req = req
+            if req._chunked then
+                st.ch = { state = 0, left = 0, size = 0, tsize = 0, body = buffer.new() }
+            else
+                st.need = req._length
+            end
+        end
+    end
+    if st.req then
+        local npos, done = read_body(st, req, buf, pos, len)
+        if not npos then
+            fail(conn, st, done)
+            return pos, STOP
+        end
+        pos = npos
+        if not done then
+            if req._expect then
+                req._expect = false
+                conn:write("HTTP/1.1 100 Continue\r\n\r\n")
+            end
+            if st.tmode ~= T_BODY then
+                set_tmode(conn, st, T_BODY, st.hdr_ms)
+            end
+            return pos, STOP
+        end
+        st.req = nil
+    end
+    dispatch(app, conn, st, req)
+    if st.closing then
+        return pos, STOP
+    end
+    if conn._ws then
+        -- Bytes after the upgrade request belong to the WebSocket.
+        st.in_input = false
+        if pos < len then
+            local n = ws_module().input(conn, buf + pos, len - pos, ws_route_of(app, conn))
+            if type(n) ~= "number" or n < 0 then
+                return pos, RETURN, n
+            end
+            return pos, RETURN, pos + n
+        end
+        return pos, RETURN, pos
+    end
+    if st.cur and st.tmode ~= T_BUSY then
+        set_tmode(conn, st, T_BUSY, st.ka_ms)
+    end
+    return pos, CONTINUE
+end
+
 local function on_input(app, conn, buf, len)
     if conn._ws then
         return ws_module().input(conn, buf, len, ws_route_of(app, conn))
@@ -405,124 +529,12 @@ local function on_input(app, conn, buf, len)
     end
     st.hdr_ms, st.ka_ms, st.max_body = opts.header_timeout, opts.keepalive_timeout, opts.max_body
     st.in_input = true
-    local pos = 0
-    while pos < len do
-        if st.cur or st.congested then
-            -- A response is still being produced: keep the rest in the
-            -- core's buffer, and stop reading, until it is done.
-            if not st.paused then
-                st.paused = true
-                conn:pause()
-            end
-            break
-        end
-        local req = st.req
-        if req == nil then
-            local p, avail = buf + pos, len - pos
-            local c = p[0]
-            if (c == 13 or c == 10) and st.scan == 0 then
-                -- Empty lines before a request line are ignored (RFC 9112 2.2).
-                pos = pos + 1
-                goto continue
-            end
-            if st.tmode == T_HEADER and now(conn) >= st.deadline then
-                fail(conn, st, 408)
-                break
-            end
-            if st.scan > 0 then
-                -- The head was incomplete last time: parse only once its
-                -- blank line is here, so a slow client costs O(n).
-                local e, scan = find_blank(p, avail, st.scan)
-                if e == 0 then
-                    st.scan = scan
-                    local status = check_partial(p, avail)
-                    if status then
-                        fail(conn, st, status)
-                        break
-                    end
-                    local left = st.deadline - now(conn)
-                    conn:set_timeout(left > 1 and left or 1)
-                    break
-                end
-            end
-            -- Every field a request gets is in the constructor, so the
-            -- table is allocated at its final size once.
-            req = setmetatable({
-                conn = conn, method = false, target = false, path = false, minor = false, headers = false,
-                body = false, keepalive = false, _length = false, _chunked = false, _expect = false,
-            }, req_mt)
-            local n = parse_head(p, avail, req)
-            if n == 0 then
-                st.scan = avail
-                if st.tmode ~= T_HEADER then
-                    st.deadline = now(conn) + st.hdr_ms
-                    set_tmode(conn, st, T_HEADER, st.hdr_ms)
-                else
-                    local left = st.deadline - now(conn)
-                    conn:set_timeout(left > 1 and left or 1)
-                end
-                break
-            elseif n < 0 then
-                fail(conn, st, -n)
-                break
-            end
-            st.scan = 0
-            pos = pos + n
-            local status = prepare(req, st)
-            if status then
-                fail(conn, st, status)
-                break
-            end
-            if req._length == 0 then
-                req.body = ""
-            else
-                st.req = req
-                if req._chunked then
-                    st.ch = { state = 0, left = 0, size = 0, tsize = 0, body = buffer.new() }
-                else
-                    st.need = req._length
-                end
-            end
-        end
-        if st.req then
-            local npos, done = read_body(st, req, buf, pos, len)
-            if not npos then
-                fail(conn, st, done)
-                break
-            end
-            pos = npos
-            if not done then
-                if req._expect then
-                    req._expect = false
-                    conn:write("HTTP/1.1 100 Continue\r\n\r\n")
-                end
-                if st.tmode ~= T_BODY then
-                    set_tmode(conn, st, T_BODY, st.hdr_ms)
-                end
-                break
-            end
-            st.req = nil
-        end
-        dispatch(app, conn, st, req)
-        if st.closing then
-            break
-        end
-        if conn._ws then
-            -- Bytes after the upgrade request belong to the WebSocket.
-            st.in_input = false
-            if pos < len then
-                local n = ws_module().input(conn, buf + pos, len - pos, ws_route_of(app, conn))
-                if type(n) ~= "number" or n < 0 then
-                    return n
-                end
-                return pos + n
-            end
-            return pos
-        end
-        if st.cur and st.tmode ~= T_BUSY then
-            set_tmode(conn, st, T_BUSY, st.ka_ms)
-        end
-        ::continue::
+    local pos, act, ret = one_request(app, conn, st, buf, 0, len)
+    while act == CONTINUE and pos < len do
+        pos, act, ret = one_request(app, conn, st, buf, pos, len)
+    end
+    if act == RETURN then
+        return ret
     end
     st.in_input = false
     if st.closing then
