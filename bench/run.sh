@@ -34,7 +34,7 @@ MOONWIRE=bin/moonwire
 RESULTS=bench/results/latest.md
 CLK_TCK=$(getconf CLK_TCK)
 
-ALL_SCENARIOS=(tcp idle http ws reload)
+ALL_SCENARIOS=(tcp idle http ws reload timeouts)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -528,6 +528,33 @@ scenario_http() {
         http_rows nginx nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
     fi
     print_notes
+}
+
+scenario_timeouts() {
+    say ""
+    say "### Idle connections with idle timeouts armed (bench/idle_timeouts.py)"
+    say ""
+    NOTES=()
+    if ! moonwire_usable handlers/echo.lua; then
+        print_notes
+        return
+    fi
+    say "moonwire with --idle-timeout 600000 (every connection has a timeout armed); up to"
+    say "100,000 connections from 127.0.0.2-9, or what the open-file limit allows; server CPU"
+    say "time over 5 quiet seconds."
+    say ""
+    pick_port
+    local port=$PORT
+    "$MOONWIRE" run handlers/echo.lua --listen "$HOST:$port" --idle-timeout 600000 \
+        --log-level warn 2>>"$TMP/timeouts.log" &
+    local pid=$!
+    STARTED+=("$pid")
+    sleep 0.5
+    say '```'
+    python3 bench/idle_timeouts.py "$port" "$pid" 100000 5 2>&1 | tee -a "$TMP/report.md" >&2
+    say '```'
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
 
 scenario_reload() {

@@ -149,9 +149,26 @@ static const char *find_lua_dir(const char *given) {
     return MW_LUA_DIR;
 }
 
+/* Open files bound the connections a server can hold: take the hard limit, and when
+ * privileged (root in a container, say) lift the hard limit too, up to fs.nr_open. */
 static void raise_nofile(void) {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = 1048576;
+    FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+    if (f) {
+        unsigned long long n;
+        if (fscanf(f, "%llu", &n) == 1 && n < want)
+            want = (rlim_t)n;
+        fclose(f);
+    }
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+        struct rlimit up = {want, want};
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
