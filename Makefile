@@ -26,7 +26,7 @@ OBJS     := $(SRCS:runtime/%.c=$(BUILD)/%.o)
 BUSTED   := luajit /usr/bin/busted
 LUA_SRC  := lua handlers examples spec bench
 
-.PHONY: all test ctest unit integration deps lint asan bench run clean install format
+.PHONY: all test ctest unit integration deps lint asan valgrind bench run clean install format
 
 all: $(BIN)
 
@@ -87,6 +87,18 @@ asan: deps
 		$(BUSTED) spec
 	@if ls $(ASAN_REPORTS)/* >/dev/null 2>&1; then cat $(ASAN_REPORTS)/*; echo "asan: sanitizer reports above"; exit 1; fi
 	@echo "asan: no sanitizer reports"
+
+# Integration specs with every server under valgrind's memcheck; any report fails.
+VALGRIND_DIR := $(CURDIR)/build/valgrind
+VALGRIND_SPECS := spec/runtime_spec.lua spec/examples_spec.lua spec/http_integration_spec.lua \
+	spec/ws_protocol_spec.lua
+valgrind: all
+	rm -rf $(VALGRIND_DIR) && mkdir -p $(VALGRIND_DIR)
+	MOONWIRE_BIN=$(CURDIR)/scripts/valgrind-moonwire MOONWIRE_VALGRIND_DIR=$(VALGRIND_DIR) \
+		$(BUSTED) $(VALGRIND_SPECS)
+	@if find $(VALGRIND_DIR) -type f -size +0 | grep -q .; then \
+		cat $(VALGRIND_DIR)/*; echo "valgrind: reports above"; exit 1; fi
+	@echo "valgrind: no reports"
 
 run: deps
 	@$(MAKE) --no-print-directory all
