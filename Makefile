@@ -57,7 +57,7 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory ctest
-	$(BUSTED) spec
+	scripts/run-specs.sh spec
 
 unit: all
 	$(BUSTED) --exclude-tags=integration spec
