@@ -3,16 +3,9 @@
 -- /usr/bin/chromium and `npm install` in spec/browser (playwright-core).
 local H = require "helper"
 
-local function usable()
-  if not H.read_file("/usr/bin/chromium") then return false, "/usr/bin/chromium is missing" end
-  local _, rc = H.sh("test -d spec/browser/node_modules/playwright-core")
-  if rc ~= 0 then return false, "run `npm install` in spec/browser first" end
-  return true
-end
-
 describe("admin dashboard in a browser #integration #browser", function()
   it("refreshes live and draws every chart", function()
-    local ok, why = usable()
+    local ok, why = H.browser_usable()
     assert.is_true(ok, why)
     local admin = H.free_port()
     local srv = H.start_server { script = "handlers/lines_echo.lua", loops = 2,

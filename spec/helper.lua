@@ -214,6 +214,19 @@ function H.recv_exact(c, n)
   return nil, err, partial
 end
 
+--- Whether the headless-browser specs can run: Debian's chromium and playwright-core
+-- (installed into spec/browser by scripts/install-deps.sh). Returns true, or false and why.
+function H.browser_usable()
+  if not H.read_file("/usr/bin/chromium") then
+    return false, "/usr/bin/chromium is missing (apt-get install chromium)"
+  end
+  local _, rc = H.sh("test -d spec/browser/node_modules/playwright-core")
+  if rc ~= 0 then
+    return false, "run `npm install` in spec/browser first (scripts/install-deps.sh does)"
+  end
+  return true
+end
+
 --- TCP states of sockets on `port` from /proc/net/tcp{,6}: a list of state names.
 local TCP_STATES = {
   ["01"] = "ESTABLISHED", ["02"] = "SYN_SENT", ["03"] = "SYN_RECV", ["04"] = "FIN_WAIT1",

@@ -4,16 +4,9 @@
 -- temporary copy of examples/chat so the spec can edit the handler.
 local H = require "helper"
 
-local function usable()
-  if not H.read_file("/usr/bin/chromium") then return false, "/usr/bin/chromium is missing" end
-  local _, rc = H.sh("test -d spec/browser/node_modules/playwright-core")
-  if rc ~= 0 then return false, "run `npm install` in spec/browser first" end
-  return true
-end
-
 describe("chat example in a browser #integration #browser", function()
   it("shows messages across two pages and picks up an edited handler without reconnecting", function()
-    local ok, why = usable()
+    local ok, why = H.browser_usable()
     assert.is_true(ok, why)
     local dir = H.tmpdir()
     assert.equal(0, select(2, H.sh("cp -r examples/chat/. " .. dir .. "/")))

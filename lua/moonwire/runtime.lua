@@ -100,6 +100,20 @@ local function watch(path)
   end
 end
 
+--- Compiles one of the application's files; raises "file:line: message" on a syntax error.
+local function compile(path)
+  local chunk, err = loadfile(path)
+  if chunk == nil then
+    error(err, 0)
+  end
+  if interruptible and jit then
+    -- --max-callback-ms: keep the application's functions in the interpreter, where the
+    -- watchdog's hook can stop them (LuaJIT checks no hooks inside compiled loops).
+    jit.off(chunk, true)
+  end
+  return chunk
+end
+
 local function app_searcher(name)
   local path = package.searchpath(name, package.path)
   if path == nil then
@@ -110,28 +124,14 @@ local function app_searcher(name)
     return nil
   end
   watch(path)
-  local chunk, err = loadfile(path)
-  if chunk == nil then
-    error(err, 0)
-  end
-  if interruptible and jit then
-    jit.off(chunk, true)
-  end
+  local chunk = compile(path)
   app_modules[name] = path
   return chunk
 end
 
 --- Loads a handler script in this state: compile, run its top level, validate.
 function _M.load(script, mode, static_dir)
-  local chunk, err = loadfile(script)
-  if chunk == nil then
-    error(err, 0)
-  end
-  if interruptible and jit then
-    -- --max-callback-ms: keep the handler's own functions in the interpreter, where the
-    -- watchdog's hook can stop them (LuaJIT checks no hooks inside compiled loops).
-    jit.off(chunk, true)
-  end
+  local chunk = compile(script)
   local ok, h = xpcall(chunk, traceback)
   if not ok then
     error(h, 0)
