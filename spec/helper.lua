@@ -147,14 +147,18 @@ function server_mt:kill()
 end
 
 --- Starts `moonwire run SCRIPT` (or opts.command) on a free loopback port.
--- opts: script, loops, args (list), command ("run"), env (table), cwd, port, wait (seconds),
+-- opts: script, loops, args (list), command ("run"), env (table), cwd, bin, port, wait (seconds),
 -- expect_fail (do not wait for the port).
 function H.start_server(opts)
   local port = opts.port or H.free_port()
   local logfile = os.tmpname()
   local argv = { opts.command or "run" }
   if opts.script then
-    argv[#argv + 1] = opts.script
+    local script = opts.script
+    if opts.cwd and script:sub(1, 1) ~= "/" then
+      script = (os.getenv("PWD") or ".") .. "/" .. script
+    end
+    argv[#argv + 1] = script
   end
   argv[#argv + 1] = "--listen"
   argv[#argv + 1] = (opts.host or "127.0.0.1") .. ":" .. port
@@ -163,7 +167,7 @@ function H.start_server(opts)
   for _, a in ipairs(opts.args or {}) do
     argv[#argv + 1] = a
   end
-  local bin = H.bin
+  local bin = opts.bin or H.bin
   if bin:sub(1, 1) ~= "/" then
     bin = (os.getenv("PWD") or ".") .. "/" .. bin
   end

@@ -194,6 +194,35 @@ describe("runtime #integration", function()
     assert.matches("hoard closed reason=limit", log)
   end)
 
+  it("closes connections over --max-conns at once, and accepts again when one leaves", function()
+    local srv = H.start_server { script = "handlers/echo.lua", args = { "--max-conns", "2" } }
+    socket.sleep(0.1) -- the start-up probe connection is gone
+    local a = assert(H.connect(srv.port))
+    local b = assert(H.connect(srv.port))
+    assert(a:send("a"))
+    assert.equal("a", a:receive(1))
+    assert(b:send("b"))
+    assert.equal("b", b:receive(1))
+    local c = assert(H.connect(srv.port)) -- accepted by the kernel, closed by moonwire
+    local data, err = c:receive(1)
+    assert.is_nil(data)
+    assert.equal("closed", err)
+    a:close()
+    local d = H.wait_for(function()
+      local x = assert(H.connect(srv.port))
+      x:send("d")
+      if x:receive(1) == "d" then
+        return x
+      end
+      x:close()
+    end, 5)
+    assert.truthy(d, "no connection accepted after one left")
+    d:close()
+    b:close()
+    srv:stop()
+    assert.matches("connection limit reached %(max%-conns 2%), rejecting", srv:log())
+  end)
+
   it("a handler error closes only its connection", function()
     local srv = H.start_server { script = "spec/fixtures/errors.lua", loops = 2 }
     local others = {}
