@@ -3,10 +3,13 @@
 # side on this machine and prints markdown tables (also written to
 # bench/results/latest.md).
 #
-#   bench/run.sh [tcp] [idle] [http] [ws]     default: all four
+#   bench/run.sh [tcp] [idle] [http] [ws] [wsidle] [fanout] ...
+#                                              default: all of ALL_SCENARIOS
 #
 # Every server is pinned to one CPU (BENCH_SERVER_CPU, default 0) and the
-# load generator to another (BENCH_CLIENT_CPU, default 1). Throughput is also
+# load generator to another (BENCH_CLIENT_CPU, default 1). The exception is
+# fanout: moonwire runs 2 loops there, so the server gets BENCH_FANOUT_CPUS
+# (default 0,1) and the load generator shares them. Throughput is also
 # given per server CPU-second (utime + stime from /proc over the measured
 # window), because the load generator saturates first against fast servers.
 # Each figure is the median of BENCH_RUNS runs (default 3) of BENCH_SECONDS
@@ -25,6 +28,10 @@ CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
 NEXT_PORT=${BENCH_PORT_BASE:-19100}
 PORT_LIMIT=$((NEXT_PORT + 800))
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+FANOUT_CPUS=${BENCH_FANOUT_CPUS:-0,1}
+FANOUT_SUBS=${BENCH_FANOUT_SUBS:-10000}
+FANOUT_WINDOW=${BENCH_FANOUT_WINDOW:-32}
+FANOUT_SECS=30 # Upper bound of one fan-out run; a slower server reports done=0.
 # A run during which other work used more than this % of a CPU is repeated
 # (at most RUNS extra times per row); the machine may be shared.
 MAX_OTHER=${BENCH_MAX_OTHER:-25}
@@ -34,7 +41,7 @@ MOONWIRE=bin/moonwire
 RESULTS=bench/results/latest.md
 CLK_TCK=$(getconf CLK_TCK)
 
-ALL_SCENARIOS=(tcp idle http ws reload timeouts)
+ALL_SCENARIOS=(tcp idle http ws wsidle fanout reload timeouts)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -103,11 +110,12 @@ pick_port() {
 
 # start_server NAME CMD... (CMD may use $PORT): sets SERVER_PID (the process
 # to measure) and SERVER_MAIN (the process to stop). Returns 1 if the server
-# does not listen within 10 s.
+# does not listen within 10 s. SERVER_CPUSET, when set, replaces SERVER_CPU.
+SERVER_CPUSET=""
 start_server() {
     local name=$1
     shift
-    taskset -c "$SERVER_CPU" "$@" >"$TMP/$name.$PORT.log" 2>&1 &
+    taskset -c "${SERVER_CPUSET:-$SERVER_CPU}" "$@" >"$TMP/$name.$PORT.log" 2>&1 &
     SERVER_MAIN=$!
     SERVER_PID=$SERVER_MAIN
     STARTED+=("$SERVER_MAIN")
@@ -377,6 +385,142 @@ scenario_idle() {
         idle_row nginx http-idle nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
     fi
     NOTES+=("\"idle\" connections are only connected; \"http-idle\" ones have completed one keep-alive GET first. RSS after the tcp load runs is in the TCP table's RSS section.")
+    print_notes
+}
+
+scenario_wsidle() {
+    say ""
+    say "### RSS per idle WebSocket connection ($IDLE_CONNS connections held after the handshake; loadgen --mode ws-idle)"
+    say ""
+    NOTES=()
+    say "| server | connections | held | RSS before | RSS with all held | RSS per idle conn |"
+    say "|---|---|---:|---:|---:|---:|"
+    if moonwire_usable handlers/ws_echo.lua; then
+        idle_row moonwire ws-idle "$MOONWIRE" run handlers/ws_echo.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    idle_row ws_c ws-idle bench/bin/ws_c "$HOST" @PORT@
+    if command -v node >/dev/null; then
+        idle_row node_ws ws-idle node bench/node_ws_echo.js "$HOST" @PORT@
+    else
+        NOTES+=("node ws: skipped, node is not installed.")
+    fi
+    NOTES+=("\"ws-idle\" connections have completed the WebSocket handshake (101 and Sec-WebSocket-Accept checked) and then send nothing. Target for moonwire (issue 5): at most 1.5 KiB each.")
+    print_notes
+}
+
+# ---- fan-out ---------------------------------------------------------------
+
+# Waits (up to 10 s) until the server has no connection on PORT left and
+# has used no CPU for 0.2 s: the teardown of one fan-out run's 10,000
+# connections must not fall into the next run's window.
+settle() {
+    local i t0 t1
+    for ((i = 0; i < 50; i++)); do
+        t0=$(cpu_ticks "$SERVER_PID" 2>/dev/null || echo 0)
+        sleep 0.2
+        t1=$(cpu_ticks "$SERVER_PID" 2>/dev/null || echo 0)
+        if [ "$t0" = "$t1" ] &&
+            [ -z "$(ss -Htn state established "( sport = :$PORT )" 2>/dev/null | head -1)" ]; then
+            return 0
+        fi
+    done
+    note "run.sh: server on $PORT still busy after 10 s"
+}
+
+# fanout_rows NAME LOOPS MESSAGES CMD... (CMD may use @PORT@ and @ADMIN@):
+# one server for all runs; each run connects FANOUT_SUBS subscribers and a
+# publisher anew (loadgen --mode ws-fanout) and publishes MESSAGES.
+fanout_rows() {
+    local name=$1 loops=$2 msgs=$3
+    shift 3
+    local port admin="" cmd=() a
+    pick_port
+    port=$PORT
+    case " $* " in
+    *@ADMIN@*)
+        pick_port
+        admin=$PORT
+        PORT=$port
+        ;;
+    esac
+    for a in "$@"; do
+        a=${a//@PORT@/$PORT}
+        cmd+=("${a//@ADMIN@/$admin}")
+    done
+    SERVER_CPUSET=$FANOUT_CPUS
+    if ! start_server "$name" "${cmd[@]}"; then
+        SERVER_CPUSET=""
+        say "| $name | $loops | - | server failed to start | | | | | | | | | |"
+        return
+    fi
+    SERVER_CPUSET=""
+    local rates=() percpu=() cpus=() clients=() others=() p50s=() p99s=() run out
+    local errs=0 lost=0 notdone=0 ok=0
+    for ((run = 1; run <= RUNS; run++)); do
+        settle
+        out=$(taskset -c "$FANOUT_CPUS" "$LOADGEN" --mode ws-fanout --host "$HOST" --port "$PORT" \
+            --conns "$FANOUT_SUBS" --messages "$msgs" --window "$FANOUT_WINDOW" --size 64 \
+            --seconds "$FANOUT_SECS" --warmup "$WARM" --server-pid "$SERVER_PID" \
+            2>"$TMP/loadgen.err") || true
+        if [ -z "$(kv rate "$out")" ]; then
+            note "run.sh: $name fanout: loadgen failed: $(head -3 "$TMP/loadgen.err")"
+            errs=$((errs + 1))
+            alive || break
+            continue
+        fi
+        ok=$((ok + 1))
+        rates+=("$(kv rate "$out")")
+        percpu+=("$(kv per_cpu_s "$out")")
+        cpus+=("$(pct "$(kv server_cpu_s "$out")" "$(kv secs "$out")")")
+        clients+=("$(pct "$(kv client_cpu_s "$out")" "$(kv secs "$out")")")
+        others+=("$(pct "$(kv other_cpu_s "$out")" "$(kv secs "$out")")")
+        p50s+=("$(kv p50_us "$out")")
+        p99s+=("$(kv p99_us "$out")")
+        errs=$((errs + $(kv errors "$out")))
+        lost=$((lost + $(kv lost "$out")))
+        [ "$(kv "done" "$out")" = 1 ] || notdone=$((notdone + 1))
+    done
+    if [ -n "$admin" ] && [ "$ok" -gt 0 ] && command -v curl >/dev/null; then
+        # Connections accepted per loop over all runs (publisher included);
+        # each loop's "rates" object has an "accepted" of its own.
+        local split
+        split=$(curl -s "http://$HOST:$admin/stats" | sed 's/"rates":{[^}]*}//g' |
+            grep -o '"accepted":[0-9]*' | cut -d: -f2 | paste -sd/ -)
+        NOTES+=("$name --loops $loops: connections accepted per loop over $ok runs of $((FANOUT_SUBS + 1)): ${split:-unknown}.")
+    fi
+    stop_server
+    if [ ${#rates[@]} -eq 0 ]; then
+        say "| $name | $loops | $FANOUT_SUBS | $msgs | failed | | | | | | | | $errs |"
+        return
+    fi
+    [ "$notdone" -eq 0 ] || NOTES+=("$name: $notdone run(s) hit the ${FANOUT_SECS} s bound before every message was delivered; the rate is over the runs' full time.")
+    say "| $name | $loops | $FANOUT_SUBS | $msgs | $(fmt_rate "$(median "${rates[@]}")") |" \
+        "$(median "${cpus[@]}")% | $(fmt_rate "$(median "${percpu[@]}")") |" \
+        "$(awk -v u="$(median "${p50s[@]}")" 'BEGIN { printf "%.0f", u / 1000 }') |" \
+        "$(awk -v u="$(median "${p99s[@]}")" 'BEGIN { printf "%.0f", u / 1000 }') |" \
+        "$(median "${clients[@]}")% | $(median "${others[@]}")% | $lost | $errs |"
+}
+
+scenario_fanout() {
+    say ""
+    say "### WebSocket broadcast fan-out, 64 B text messages, 1 publisher (loadgen --mode ws-fanout)"
+    say ""
+    NOTES=()
+    say "| server | loops | subscribers | messages | deliveries/s | server CPU | deliveries per server CPU-s | p50 ms | p99 ms | loadgen CPU | other CPU | lost | errors |"
+    say "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if moonwire_usable bench/ws_fanout.lua; then
+        fanout_rows moonwire 2 500 "$MOONWIRE" run bench/ws_fanout.lua --listen "$HOST:@PORT@" \
+            --loops 2 --admin "$HOST:@ADMIN@" --log-level warn
+        fanout_rows moonwire 1 500 "$MOONWIRE" run bench/ws_fanout.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    if command -v node >/dev/null; then
+        fanout_rows node_ws 1 100 node bench/node_ws_fanout.js "$HOST" @PORT@
+    else
+        NOTES+=("node ws: skipped, node is not installed.")
+    fi
+    NOTES+=("Server and load generator share CPUs $FANOUT_CPUS (taskset), so the load generator's and the kernel's loopback work (\"other CPU\") take from the same two cores. Every message goes to all $FANOUT_SUBS subscribers plus the publisher; deliveries/s counts the subscribers' only. At most $FANOUT_WINDOW messages are in flight: a message is published only once every connection has the one $FANOUT_WINDOW before it, so the slowest subscriber sets the pace. Latency is from publish to each delivery. \"lost\": deliveries the server skipped (slow_subscriber = \"drop\"). bench/node_ws_fanout.js broadcasts over ws.clients in one process (Node has no broadcast across processes); ws_c has no broadcast and is not listed.")
     print_notes
 }
 
