@@ -110,7 +110,7 @@ local function load()
   p:close()
   local c = assert(H.connect(srv.port))
   assert(c:send("gen?"))
-  local reloads = tonumber(c:receive("*l")) - 1
+  local reloads = tonumber(c:receive("*l"):match("^(%d+)")) - 1
   c:close()
   srv:stop()
   print("reload-load baseline: " .. base:gsub("\n$", ""))

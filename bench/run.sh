@@ -710,8 +710,8 @@ scenario_reload() {
         print_notes
         return
     fi
-    say "Latency: a 4-loop server, 64 connections spread over the loops; time from the rename of"
-    say "the handler to every connection answering with the new generation."
+    say "Latency: a 4-loop server, one probe connection on each loop; time from the rename of"
+    say "the handler to every probe answering with the new generation."
     say ""
     say '```'
     RELOADS=100 luajit bench/reload.lua latency 2>&1 | tee -a "$TMP/report.md" >&2

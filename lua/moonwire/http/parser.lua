@@ -13,7 +13,7 @@
 local ffi = require "ffi"
 
 local ffi_string, ffi_cast = ffi.string, ffi.cast
-local lower, find = string.lower, string.find
+local lower, byte, find = string.lower, string.byte, string.find
 local tonumber = tonumber
 local new_tab = require "table.new"
 
@@ -38,10 +38,19 @@ local MAX_HEADER_BLOCK = _M.MAX_HEADER_BLOCK
 local MAX_HEADERS = _M.MAX_HEADERS
 local MAX_CHUNK_LINE = _M.MAX_CHUNK_LINE
 
--- Methods known to be tokens (anything else is checked character by character).
-local METHOD_OK = {}
-for m in ("GET HEAD POST PUT DELETE PATCH OPTIONS CONNECT TRACE"):gmatch("%S+") do
-    METHOD_OK[m] = true
+-- tchar from RFC 9110 section 5.6.2.
+local TOKEN = ffi.new("uint8_t[256]")
+for c in ("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):gmatch(".") do
+    TOKEN[byte(c)] = 1
+end
+
+-- Field values may hold HTAB, SP, visible ASCII and obs-text (>= 0x80); any
+-- other control byte (NUL, a bare CR...) is rejected.
+local VCHAR = ffi.new("uint8_t[256]")
+for c = 0, 255 do
+    if c == 9 or (c >= 32 and c ~= 127) then
+        VCHAR[c] = 1
+    end
 end
 
 -- Header names arrive in whatever case the client used; lower-casing them
@@ -61,10 +70,6 @@ local function lname(name)
     return l
 end
 _M.lname = lname
-
--- Header names seen on the wire, already checked to be tokens, lower-cased. Separate from
--- lname's cache, which also sees names handlers ask for.
-local hname_cache, hname_count = {}, 0
 
 -- Finds a blank line (LF LF or LF CR LF) in buf[from, len).  Returns the
 -- index just past it, or 0 and the offset at which a later call may resume.
@@ -150,38 +155,27 @@ function _M.parse_head(buf, len, req)
     end
 
     -- method SP request-target SP HTTP-version
-    -- Short scans are done with memchr and one pattern test on the resulting string rather
-    -- than Lua byte loops: loops that run once or twice per request keep LuaJIT from
-    -- compiling the request path (they abort root traces and get blacklisted).
-    local sp = memchr(buf, 32, le)
-    if sp == nil then
-        return -400
+    local i = 0
+    while TOKEN[buf[i]] == 1 do
+        i = i + 1
     end
-    local i = ffi_cast(u8p, sp) - buf
-    if i == 0 then
+    if i == 0 or buf[i] ~= 32 then
         return -400
     end
     local method = ffi_string(buf, i)
-    if METHOD_OK[method] == nil then
-        if find(method, "[^%w!#$%%&'*+%-.^_`|~]") then
-            return -400
-        end
-    end
     i = i + 1
     local ts = i
-    sp = memchr(buf + ts, 32, le - ts)
-    if sp == nil then
-        -- no second space: the first byte <= 32 or DEL must not be the line end
-        return -400
+    while i < le do
+        local c = buf[i]
+        if c <= 32 or c == 127 then
+            break
+        end
+        i = i + 1
     end
-    i = ffi_cast(u8p, sp) - buf
-    if i == ts then
+    if i == ts or buf[i] ~= 32 then
         return -400
     end
     local target = ffi_string(buf + ts, i - ts)
-    if find(target, "[%z\1-\31\127]") then
-        return -400 -- a control byte inside the request-target
-    end
     i = i + 1
     local e = le
     if buf[e - 1] == 13 then
@@ -232,49 +226,31 @@ function _M.parse_head(buf, len, req)
         if n > MAX_HEADERS then
             return -431
         end
-        local colon = memchr(buf + pos, 58, le - pos)
-        if colon == nil then
-            return -400
-        end
-        i = ffi_cast(u8p, colon) - buf
-        if i == pos then
-            return -400
-        end
-        local raw = ffi_string(buf + pos, i - pos)
-        local name = hname_cache[raw]
-        if name == nil then
-            if find(raw, "[^%w!#$%%&'*+%-.^_`|~]") then
-                return -400 -- also rejects obs-fold and "Name :"
-            end
-            name = lower(raw)
-            if hname_count < 1024 then
-                hname_count = hname_count + 1
-                hname_cache[raw] = name
-            end
-        end
-        i = i + 1
-        if buf[i] == 32 then
+        i = pos
+        while TOKEN[buf[i]] == 1 do
             i = i + 1
         end
-        if buf[i] == 32 or buf[i] == 9 then
-            repeat
-                i = i + 1
-            until buf[i] ~= 32 and buf[i] ~= 9
+        if i == pos or buf[i] ~= 58 then
+            return -400 -- also rejects obs-fold and "Name :"
+        end
+        local name = lname(ffi_string(buf + pos, i - pos))
+        i = i + 1
+        while buf[i] == 32 or buf[i] == 9 do
+            i = i + 1
         end
         e = le
         if e > i and buf[e - 1] == 13 then
             e = e - 1
         end
-        if e > i and (buf[e - 1] == 32 or buf[e - 1] == 9) then
-            repeat
-                e = e - 1
-            until e <= i or (buf[e - 1] ~= 32 and buf[e - 1] ~= 9)
+        while e > i and (buf[e - 1] == 32 or buf[e - 1] == 9) do
+            e = e - 1
         end
-        local value = ffi_string(buf + i, e - i)
-        if find(value, "[%z\1-\8\10-\31\127]") then
-            return -400
+        for k = i, e - 1 do
+            if VCHAR[buf[k]] == 0 then
+                return -400
+            end
         end
-        add_header(req, headers, name, value)
+        add_header(req, headers, name, ffi_string(buf + i, e - i))
         pos = le + 1
     end
 end
