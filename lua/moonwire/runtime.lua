@@ -478,6 +478,11 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
     connections = count_conns,
     each_connection = function() return pairs(conns) end,
   }
+  -- The hot path makes little garbage (a string per message), but with thousands of live
+  -- connections every collection cycle walks them all: let the heap grow to 4x its live size
+  -- (LuaJIT's default is 2x) before a cycle. Measured: ~9% more WebSocket echo per CPU-second
+  -- at 1,000 connections. A handler may set its own in init().
+  collectgarbage("setpause", 400)
   log._set_loop(id)
   connmod.set_loop(loop)
   pubsub._set_loop(loop_ptr)
