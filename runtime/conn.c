@@ -558,39 +558,42 @@ static void on_written(uv_write_t *req, int status) {
         return;
     }
     touch(c);
-    if (queued(c) == 0)
+    if (c->out.len > 0)
+        flush(c); /* what was written while this request was in flight */
+    else if (queued(c) == 0)
         queue_drained(c);
 }
 
 /* Hands the output buffer to the kernel: try a direct write, and give what is left to a
- * uv_write request that takes ownership of the buffer. */
+ * uv_write request that takes ownership of the buffer. One request at a time: while it is in
+ * flight, new output stays in c->out (on_written sends it), so c->out always begins at a
+ * boundary between write calls and urgent bytes can be put in front of it. */
 static void flush(mw_conn_t *c) {
     mw_loop_t *l = mw__conn_loop(c);
-    if (c->out.len == 0 || (c->flags & (MW_CONN_HANDLE_CLOSING | MW_CONN_SHUTDOWN_SENT)))
+    if (c->out.len == 0 || c->inflight > 0 ||
+        (c->flags & (MW_CONN_HANDLE_CLOSING | MW_CONN_SHUTDOWN_SENT)))
         return;
     size_t n = c->out.len;
-    if (c->inflight == 0) {
-        uv_buf_t b = uv_buf_init(c->out.base + c->out.off, (unsigned)n);
-        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (w > 0) {
-            MW_STAT_ADD(l->stats.bytes_out, (uint64_t)w);
-            MW_STAT_ADD(l->stats.writes, 1);
-            queue_sub(c, (size_t)w);
-            if ((size_t)w == n) {
-                mw__buf_free(&l->bufcache, &c->out);
-                queue_drained(c);
-                return;
-            }
-            c->out.off += (size_t)w;
-            c->out.len -= (size_t)w;
-        } else if (w != UV_EAGAIN) {
-            c->flags |= MW_CONN_SHUTDOWN_SENT;
-            drop_out(c);
-            mw__conn_teardown(c, w == UV_ECONNRESET ? MW_REASON_RESET : MW_REASON_ERROR, 0);
-            if (c->flags & MW_CONN_CLOSE_NOTIFIED)
-                finish_close(c);
+    uv_buf_t b = uv_buf_init(c->out.base + c->out.off, (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (w > 0) {
+        MW_STAT_ADD(l->stats.bytes_out, (uint64_t)w);
+        MW_STAT_ADD(l->stats.writes, 1);
+        queue_sub(c, (size_t)w);
+        if ((size_t)w == n) {
+            mw__buf_free(&l->bufcache, &c->out);
+            queue_drained(c);
             return;
         }
+        c->out.off += (size_t)w;
+        c->out.len -= (size_t)w;
+    } else if (w != UV_EAGAIN) {
+        c->flags |= MW_CONN_SHUTDOWN_SENT;
+        drop_out(c);
+        mw__conn_teardown(c, w == UV_ECONNRESET ? MW_REASON_RESET : MW_REASON_ERROR, 0);
+        if (c->flags & MW_CONN_CLOSE_NOTIFIED)
+            finish_close(c);
+        return;
     }
     write_req_t *wr = malloc(sizeof *wr);
     if (wr == NULL)
@@ -599,7 +602,7 @@ static void flush(mw_conn_t *c) {
     wr->base = c->out.base;
     wr->cap = c->out.cap;
     wr->len = c->out.len;
-    uv_buf_t b = uv_buf_init(c->out.base + c->out.off, (unsigned)c->out.len);
+    b = uv_buf_init(c->out.base + c->out.off, (unsigned)c->out.len);
     c->out.base = NULL;
     c->out.off = c->out.len = c->out.cap = 0;
     c->inflight += wr->len;
@@ -750,6 +753,24 @@ int mw_conn_write(mw_conn_t *c, const char *p, size_t n) {
         return 1;
     }
     return 0;
+}
+
+int mw_conn_write_urgent(mw_conn_t *c, const char *p, size_t n) {
+    mw_loop_t *l = mw__conn_loop(c);
+    if (c->out.len == 0 || n == 0 || (c->flags & MW_CONN_CLOSING) ||
+        queued(c) + n > mw__config.max_write_queue)
+        return mw_conn_write(c, p, n);
+    /* c->out begins at a boundary between write calls (see flush), so bytes put in front
+     * never split what another call queued. */
+    if (mw__buf_reserve(&l->bufcache, &c->out, n) < 0)
+        return -ENOMEM;
+    char *start = c->out.base + c->out.off;
+    memmove(start + n, start, c->out.len);
+    memcpy(start, p, n);
+    c->out.len += (uint32_t)n;
+    MW_STAT_ADD(l->stats.write_queue_bytes, n);
+    mw__loop_flush_add(l, c);
+    return queued(c) > mw__config.high_water;
 }
 
 void mw_conn_close(mw_conn_t *c) {

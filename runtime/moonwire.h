@@ -26,6 +26,11 @@ int mw_abi_version(void);
  * negative errno: -EPIPE when the connection is closing, -ENOBUFS when the queue went over its
  * hard limit (the connection is then closed with reason "limit"). */
 int mw_conn_write(mw_conn_t *c, const char *p, size_t n);
+/* Like mw_conn_write, but the bytes go ahead of all queued output that has not been handed to
+ * the kernel yet (only the write request in flight, if any, is ahead of them). For control
+ * messages that must not wait behind a full queue: a WebSocket pong or close frame. The
+ * queue is cut only between calls, so write whole messages with single calls. */
+int mw_conn_write_urgent(mw_conn_t *c, const char *p, size_t n);
 /* Flushes what is queued, then closes. on_close(conn, "closed") follows at a safe point. */
 void mw_conn_close(mw_conn_t *c);
 /* Drops the queue and resets the connection. on_close(conn, "aborted") follows. */

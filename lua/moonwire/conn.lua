@@ -87,6 +87,21 @@ end
 
 local counters = { messages_in = 0, messages_out = 0 } -- the loop's C counters once running
 
+--- Queues len bytes from a cdata pointer ahead of all output not yet handed to the kernel
+-- (a control message that must not wait behind a full queue). Write whole messages with
+-- single calls around it: the queue is only cut between calls.
+function methods:write_ptr_urgent(ptr, len)
+  local c = check_open(self)
+  if c == nil then
+    return nil, "closed"
+  end
+  local r = C.mw_conn_write_urgent(c, ptr, len)
+  if r < 0 then
+    self.closed = true
+  end
+  return write_result(r)
+end
+
 --- Frames msg with the handler's protocol and queues it.
 function methods:send(msg)
   counters.messages_out = counters.messages_out + 1

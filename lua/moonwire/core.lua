@@ -12,6 +12,7 @@ typedef struct mw_timer_s mw_timer_t;
 
 int mw_abi_version(void);
 int mw_conn_write(mw_conn_t *c, const char *p, size_t n);
+int mw_conn_write_urgent(mw_conn_t *c, const char *p, size_t n);
 void mw_conn_close(mw_conn_t *c);
 void mw_conn_abort(mw_conn_t *c);
 void mw_conn_fail(mw_conn_t *c, int reason);

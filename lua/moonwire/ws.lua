@@ -116,6 +116,13 @@ local function write_frame(conn, b0, data, len)
   local p = out:reset():reserve(len + 10)
   local hl = put_header(p, b0, len)
   if len > 0 then copy(p + hl, data, len) end
+  local op = band(b0, 0x0F)
+  if op == 0x9 or op == 0xA then
+    -- Pings and pongs (at most 125 bytes, so always this path) go ahead of queued data
+    -- frames so they never wait behind a full queue. A Close frame keeps its place: data
+    -- queued before it must not end up after it.
+    return conn:write_ptr_urgent(p, hl + len)
+  end
   return conn:write_ptr(p, hl + len)
 end
 
