@@ -213,9 +213,12 @@ describe("admin listener #integration", function()
     local after
     H.wait_for(function()
       after = parse_metrics(get(srv.admin, "/metrics"))
+      -- A close is counted when it starts and the connection leaves "open" when its
+      -- socket is closed a moment later: wait for both.
       return total(after, "moonwire_connections_closed", "moonwire_connections_closed_total",
         { reason = "eof" }) - total(before, "moonwire_connections_closed",
         "moonwire_connections_closed_total", { reason = "eof" }) >= 6
+        and total(after, "moonwire_connections_open", "moonwire_connections_open") == 0
     end, 5)
     local function delta(fam, sample)
       return total(after, fam, sample) - total(before, fam, sample)
