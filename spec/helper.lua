@@ -209,6 +209,28 @@ function H.start_server(opts)
   return srv
 end
 
+--- One connection on each of a server's `loops` loops. loop_of(conn) asks the server which
+-- loop serves conn (the fixtures reply with their loop id). SO_REUSEPORT spreads connections
+-- by hash, so this keeps connecting (at most `tries` times) until every loop has one; extra
+-- connections are closed. Returns a list indexed by loop id.
+function H.one_per_loop(port, loops, loop_of, tries)
+  local by_loop, found = {}, 0
+  for _ = 1, tries or 80 do
+    local c = assert(H.connect(port))
+    local id = loop_of(c)
+    if by_loop[id] then
+      c:close()
+    else
+      by_loop[id] = c
+      found = found + 1
+    end
+    if found == loops then
+      return by_loop
+    end
+  end
+  error(("connections reached %d of %d loops"):format(found, loops), 2)
+end
+
 --- Reads exactly n bytes (or until timeout); returns the data or nil, err, partial.
 function H.recv_exact(c, n)
   local data, err, partial = c:receive(n)

@@ -77,6 +77,10 @@ local function ask(c, line)
   return assert(c:receive("*l"))
 end
 
+local function loop_of(c)
+  return tonumber(ask(c, "q"):match("loop=(%d+)"))
+end
+
 local function wait_reply(c, pattern, seconds)
   return H.wait_for(function()
     local r = ask(c, "q")
@@ -134,19 +138,7 @@ describe("hot reload #integration", function()
     it("keeps the old code on every loop after " .. bad[1] .. ", then reloads once fixed", function()
       local dir = setup("good")
       local srv = H.start_server { script = dir .. "/app.lua", loops = 4 }
-      local clients, seen = {}, {}
-      for _ = 1, 80 do
-        local c = assert(H.connect(srv.port))
-        local id = tonumber(ask(c, "q"):match("loop=(%d+)"))
-        if seen[id] then
-          c:close()
-        else
-          seen[id] = true
-          clients[#clients + 1] = c
-        end
-        if #clients == 4 then break end
-      end
-      assert.equal(4, #clients)
+      local clients = H.one_per_loop(srv.port, 4, loop_of)
       save_rename(dir .. "/app.lua", bad[2])
       assert.truthy(H.wait_for(function() return srv:log():find("reload failed", 1, true) end, 5))
       for _, c in ipairs(clients) do
@@ -172,19 +164,7 @@ describe("hot reload #integration", function()
   it("reloads when a required module changes, and every loop reports the new generation", function()
     local dir = setup("v1", "m1")
     local srv = H.start_server { script = dir .. "/app.lua", loops = 4 }
-    local clients, seen = {}, {}
-    for _ = 1, 80 do
-      local c = assert(H.connect(srv.port))
-      local id = tonumber(ask(c, "q"):match("loop=(%d+)"))
-      if seen[id] then
-        c:close()
-      else
-        seen[id] = true
-        clients[#clients + 1] = c
-      end
-      if #clients == 4 then break end
-    end
-    assert.equal(4, #clients)
+    local clients = H.one_per_loop(srv.port, 4, loop_of)
     save_rename(dir .. "/reload_mod.lua", 'return { tag = "m2" }\n')
     for _, c in ipairs(clients) do
       local r = wait_reply(c, "mod=m2")

@@ -4,23 +4,10 @@ local socket = require "socket"
 
 -- One connection on each of the two loops (the handler answers "loop N").
 local function one_per_loop(port)
-  local by_loop, spare = {}, {}
-  for _ = 1, 40 do
-    local c = assert(H.connect(port))
+  return H.one_per_loop(port, 2, function(c)
     assert(c:send("hi"))
-    local id = tonumber(assert(c:receive("*l")):match("loop (%d+)"))
-    if by_loop[id] then
-      spare[#spare + 1] = c
-    else
-      by_loop[id] = c
-    end
-    if by_loop[1] and by_loop[2] then break end
-  end
-  for _, c in ipairs(spare) do
-    c:close()
-  end
-  assert.truthy(by_loop[1] and by_loop[2], "connections did not reach both loops")
-  return by_loop
+    return tonumber(assert(c:receive("*l")):match("loop (%d+)"))
+  end)
 end
 
 describe("watchdog #integration", function()
