@@ -108,7 +108,6 @@ typedef struct mw_stats_s {
     _Atomic uint64_t handler_errors;
     _Atomic uint64_t open_conns;
     _Atomic uint64_t wakeups, iterations;
-    _Atomic uint64_t messages_in, messages_out; /* folded in from Lua's counters */
     _Atomic uint64_t write_queue_bytes, paused_conns, timers;
     _Atomic uint64_t lag_us, lag_max_us, lua_bytes, gc_cycles;
     _Atomic uint64_t stuck, stuck_ms, spinning_fds;
@@ -359,8 +358,6 @@ void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
 void mw__lua_reload(mw_loop_t *l);
 void mw__lua_profile(mw_loop_t *l, int start);
 void mw__lua_profile_done(mw_loop_t *l, int from, mw_blob_t *b);
-
-uint64_t mw__now_ms(void);
 
 /* ---- process (main.c, cpu.c) -------------------------------------------------------- */
 

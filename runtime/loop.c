@@ -24,10 +24,6 @@ static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
 static int started_count;
 
-uint64_t mw__now_ms(void) {
-    return uv_hrtime() / 1000000;
-}
-
 void mw__loop_post(mw_loop_t *l, mw_msg_t *m) {
     m->next = NULL;
     pthread_mutex_lock(&l->mbox_lock);

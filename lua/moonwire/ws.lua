@@ -792,10 +792,7 @@ function _M.app(handlers, opts)
     end)
   end
   app:ws("/", handlers, route_opts) -- replaces the static GET "/" route
-  if app.on_shutdown == nil then
-    app.on_shutdown = function() _M.going_away() end
-  end
-  return app
+  return app -- the router's own on_shutdown sends the close frames
 end
 
 return _M
