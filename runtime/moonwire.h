@@ -12,8 +12,9 @@
 #define MOONWIRE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-#define MW_ABI_VERSION 1
+#define MW_ABI_VERSION 2
 
 typedef struct mw_loop_s mw_loop_t;
 typedef struct mw_conn_s mw_conn_t;
@@ -108,5 +109,10 @@ void mw_loop_set_callback_info(mw_loop_t *l, int ev, const char *info);
 unsigned mw_config_max_callback_ms(void);
 /* Asks every loop to reload (as SIGHUP does). */
 void mw_reload_all(void);
+
+/* Copies n bytes from src to dst XOR-ed with a WebSocket masking key (the four key bytes in
+ * memory order, loaded as one uint32); dst may equal src. Returns 1 when every result byte is
+ * ASCII (< 0x80), else 0. */
+int mw_unmask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t mask);
 
 #endif

@@ -3,7 +3,7 @@
 -- loudly instead of crashing.
 local ffi = require "ffi"
 
-local _M = { _VERSION = "0.1.0", ABI_VERSION = 1 }
+local _M = { _VERSION = "0.1.0", ABI_VERSION = 2 }
 
 ffi.cdef [[
 typedef struct mw_loop_s mw_loop_t;
@@ -57,6 +57,7 @@ unsigned mw_config_max_callback_ms(void);
 int mw_profile_control(int loop_id, int start);
 int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
 void mw_watch_file(const char *path);
+int mw_unmask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t mask);
 
 void *memchr(const void *s, int c, size_t n);
 char *getcwd(char *buf, size_t size);

@@ -91,8 +91,45 @@ static void test_reasons(void) {
     CHECK(strcmp(mw__reason_name(99), "error") == 0);
 }
 
+/* mw_unmask against the byte-at-a-time definition (RFC 6455 section 5.3), for every length
+ * up to 40, every key offset, misaligned buffers, in place, and the ASCII flag. */
+static void test_unmask(void) {
+    uint8_t src[64], dst[64], want[64];
+    const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    uint32_t mask;
+    memcpy(&mask, key, 4);
+    int bad = 0;
+    for (size_t n = 0; n <= 40; n++) {
+        for (size_t off = 0; off < 8; off++) {
+            for (size_t i = 0; i < n; i++)
+                src[off + i] = (uint8_t)((i * 7 + off) ^ key[i & 3]) & 0x7f;
+            int ascii = 1;
+            for (size_t i = 0; i < n; i++) {
+                want[i] = (uint8_t)(src[off + i] ^ key[i & 3]);
+                ascii &= want[i] < 0x80;
+            }
+            if (mw_unmask(dst + (8 - off), src + off, n, mask) != ascii ||
+                memcmp(dst + (8 - off), want, n) != 0)
+                bad++;
+            if (n > 0) {
+                /* One non-ASCII result byte, at the end: the flag must drop. */
+                src[off + n - 1] = (uint8_t)(0x80 ^ key[(n - 1) & 3]);
+                if (mw_unmask(dst, src + off, n, mask) != 0 || dst[n - 1] != 0x80)
+                    bad++;
+            }
+            memcpy(dst, src + off, n); /* in place */
+            mw_unmask(dst, dst, n, mask);
+            mw_unmask(dst, dst, n, mask);
+            if (memcmp(dst, src + off, n) != 0)
+                bad++;
+        }
+    }
+    CHECK(bad == 0);
+}
+
 int main(void) {
     test_buffer();
+    test_unmask();
     test_cpu_auto();
     test_reasons();
     printf("%d passed, %d failed\n", checks - failures, failures);

@@ -6,6 +6,7 @@
 
 local ffi = require "ffi"
 local bit = require "bit"
+local core = require "moonwire.core"
 
 local band, bxor, rshift, ror = bit.band, bit.bxor, bit.rshift, bit.ror
 local cast = ffi.cast
@@ -92,6 +93,18 @@ function _M.unmask(dst, doff, src, soff, n, mask)
     m = ror(m, 8)
   end
   return ascii
+end
+
+-- Inside the runtime the same work is one FFI call (runtime/bytes.c): the JIT compiles it
+-- into the caller's trace, where a Lua loop here would end that trace and leave the rest of
+-- the frame's handling to the interpreter. The Lua version above serves plain luajit (the
+-- unit specs) and is the reference the integration specs hold the C one to.
+_M.unmask_lua = _M.unmask
+if core.in_runtime then
+  local C_unmask = core.C.mw_unmask
+  function _M.unmask(dst, doff, src, soff, n, mask)
+    return C_unmask(cast(u8p, dst) + doff, cast(cu8p, src) + soff, n, mask) ~= 0
+  end
 end
 
 --- Writes a server frame header (never masked) at p and returns its
