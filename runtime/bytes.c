@@ -1,9 +1,10 @@
 /* Byte loops the Lua protocol code calls through the FFI.
  *
  * A loop over a payload inside a Lua function splits the JIT's trace: the loop gets a trace
- * of its own and the code after it runs in the interpreter until the next trace entry. The
- * per-message work of the WebSocket reader is one FFI call here instead, which the JIT
- * compiles into the caller's trace. The protocol logic stays in Lua (lua/moonwire/ws/). */
+ * of its own and the code after it runs in the interpreter until the next trace entry. These
+ * are the two byte loops the WebSocket reader and the HTTP parser run per message, as plain
+ * primitives (in the family of memchr and strspn) that the JIT compiles into the caller's
+ * trace as one call each. The protocol logic stays in Lua (lua/moonwire/ws/, http/). */
 #include "moonwire.h"
 
 #include <stdint.h>
@@ -32,4 +33,11 @@ int mw_unmask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t mask) {
         dst[i] = v;
     }
     return (acc & high) == 0 && (tail & 0x80) == 0;
+}
+
+size_t mw_span(const uint8_t *p, size_t n, const uint8_t *set) {
+    size_t i = 0;
+    while (i < n && set[p[i]])
+        i++;
+    return i;
 }

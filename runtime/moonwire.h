@@ -114,5 +114,8 @@ void mw_reload_all(void);
  * memory order, loaded as one uint32); dst may equal src. Returns 1 when every result byte is
  * ASCII (< 0x80), else 0. */
 int mw_unmask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t mask);
+/* Length of the longest prefix of p[0, n) whose bytes b all have set[b] != 0 (strspn with a
+ * 256-entry table, and a length instead of a terminator). */
+size_t mw_span(const uint8_t *p, size_t n, const uint8_t *set);
 
 #endif

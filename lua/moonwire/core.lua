@@ -58,6 +58,7 @@ int mw_profile_control(int loop_id, int start);
 int mw_profile_result(mw_loop_t *l, const char *p, size_t n);
 void mw_watch_file(const char *path);
 int mw_unmask(uint8_t *dst, const uint8_t *src, size_t n, uint32_t mask);
+size_t mw_span(const uint8_t *p, size_t n, const uint8_t *set);
 
 void *memchr(const void *s, int c, size_t n);
 char *getcwd(char *buf, size_t size);

@@ -483,6 +483,13 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   -- (LuaJIT's default is 2x) before a cycle. Measured: ~9% more WebSocket echo per CPU-second
   -- at 1,000 connections. A handler may set its own in init().
   collectgarbage("setpause", 400)
+  -- A request's whole path (parse, route, respond) is one trace only if the recorder may
+  -- follow it that far: LuaJIT's default of 4,000 IR instructions per trace cut the HTTP
+  -- path in pieces, one of which fell back to the interpreter ("trace too long").
+  if jit then
+    jit.opt.start("maxrecord=16000", "maxirconst=1000", "maxside=200", "maxsnap=1000",
+      "maxtrace=4000", "maxmcode=16384")
+  end
   log._set_loop(id)
   connmod.set_loop(loop)
   pubsub._set_loop(loop_ptr)

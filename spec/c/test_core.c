@@ -127,9 +127,26 @@ static void test_unmask(void) {
     CHECK(bad == 0);
 }
 
+/* mw_span: prefix lengths at every start and bound, a set byte 0 and 255, empty input. */
+static void test_span(void) {
+    uint8_t set[256] = {0};
+    for (int c = 'a'; c <= 'z'; c++)
+        set[c] = 1;
+    set[255] = 1;
+    const uint8_t s[] = "abc\xff:de";
+    CHECK(mw_span(s, 9, set) == 4);
+    CHECK(mw_span(s, 2, set) == 2);
+    CHECK(mw_span(s, 0, set) == 0);
+    CHECK(mw_span(s + 4, 5, set) == 0);
+    CHECK(mw_span(s + 5, 4, set) == 2); /* stops at the terminating NUL: not in the set */
+    set[0] = 1;
+    CHECK(mw_span(s + 5, 3, set) == 3); /* and never reads past n */
+}
+
 int main(void) {
     test_buffer();
     test_unmask();
+    test_span();
     test_cpu_auto();
     test_reasons();
     printf("%d passed, %d failed\n", checks - failures, failures);

@@ -8,9 +8,12 @@
 -- target, header names and values) into Lua strings.
 --
 -- A byte scanner beats both string.find patterns and an LPeg grammar on
--- typical requests; docs/http.md has the measurement.
+-- typical requests, and it is shaped so the JIT compiles a request's whole
+-- parse into one trace (no Lua loops on the way); docs/http.md has the
+-- measurements.
 
 local ffi = require "ffi"
+local core = require "moonwire.core"
 
 local ffi_string, ffi_cast = ffi.string, ffi.cast
 local lower, byte, find = string.lower, string.byte, string.find
@@ -24,6 +27,26 @@ void *mw_http_memchr(const void *s, int c, size_t n) __asm__("memchr");
 local C = ffi.C
 local memchr = C.mw_http_memchr
 local u8p = ffi.typeof("const uint8_t *")
+
+-- span(p, n, set): how many leading bytes of p[0, n) are in set (a uint8_t[256] of 0/1).
+-- Inside the runtime it is one FFI call (runtime/bytes.c), which keeps the request's trace
+-- whole: a Lua loop per token would give each scan a trace of its own and leave the code
+-- after it to the interpreter. Plain luajit (the unit specs) gets the same loop in Lua.
+local span
+if core.in_runtime then
+    local C_span = core.C.mw_span
+    span = function(p, n, set)
+        return tonumber(C_span(p, n, set))
+    end
+else
+    span = function(p, n, set)
+        local i = 0
+        while i < n and set[p[i]] ~= 0 do
+            i = i + 1
+        end
+        return i
+    end
+end
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -52,6 +75,13 @@ for c = 0, 255 do
         VCHAR[c] = 1
     end
 end
+
+-- A request-target is any run of visible bytes; whitespace after a field's colon.
+local TARGET, OWS = ffi.new("uint8_t[256]"), ffi.new("uint8_t[256]")
+for c = 33, 255 do
+    TARGET[c] = c ~= 127 and 1 or 0
+end
+OWS[9], OWS[32] = 1, 1
 
 -- Header names arrive in whatever case the client used; lower-casing them
 -- through a cache keeps the common names from allocating.  The cache is
@@ -136,6 +166,59 @@ local function add_header(req, headers, name, value)
     headers[name] = old .. ", " .. value
 end
 
+-- Parses the header field at buf[pos] and then, by a tail call, the next one, until the
+-- blank line; returns what parse_head returns.  A tail call rather than a loop: the JIT
+-- unrolls it into the request's trace, where a loop would end that trace and leave the rest of
+-- the request to the interpreter.  n counts the fields so far; limit is where the header block
+-- must end.
+local function fields(buf, len, req, headers, pos, n, limit)
+    if pos >= len then
+        return len > limit and -431 or 0
+    end
+    local c = buf[pos]
+    if c == 10 then
+        return pos + 1
+    elseif c == 13 then
+        if pos + 1 >= len then
+            return 0
+        end
+        if buf[pos + 1] == 10 then
+            return pos + 2
+        end
+        return -400
+    end
+    local lf = memchr(buf + pos, 10, len - pos)
+    if lf == nil then
+        return len > limit and -431 or 0
+    end
+    local le = ffi_cast(u8p, lf) - buf
+    if le >= limit then
+        return -431
+    end
+    if n >= MAX_HEADERS then
+        return -431
+    end
+    local i = pos + span(buf + pos, le - pos, TOKEN)
+    if i == pos or buf[i] ~= 58 then
+        return -400 -- also rejects obs-fold and "Name :"
+    end
+    local name = lname(ffi_string(buf + pos, i - pos))
+    i = i + 1
+    i = i + span(buf + i, le - i, OWS)
+    local e = le
+    if e > i and buf[e - 1] == 13 then
+        e = e - 1
+    end
+    while e > i and (buf[e - 1] == 32 or buf[e - 1] == 9) do
+        e = e - 1
+    end
+    if span(buf + i, e - i, VCHAR) ~= e - i then
+        return -400
+    end
+    add_header(req, headers, name, ffi_string(buf + i, e - i))
+    return fields(buf, len, req, headers, le + 1, n + 1, limit)
+end
+
 -- Parses the request head at buf[0, len).
 -- Returns head_len (> 0) and fills req.method, req.target, req.minor (0 or 1)
 -- and req.headers; returns 0 when more bytes are needed; returns -status on
@@ -155,23 +238,13 @@ function _M.parse_head(buf, len, req)
     end
 
     -- method SP request-target SP HTTP-version
-    local i = 0
-    while TOKEN[buf[i]] == 1 do
-        i = i + 1
-    end
+    local i = span(buf, le, TOKEN)
     if i == 0 or buf[i] ~= 32 then
         return -400
     end
     local method = ffi_string(buf, i)
-    i = i + 1
-    local ts = i
-    while i < le do
-        local c = buf[i]
-        if c <= 32 or c == 127 then
-            break
-        end
-        i = i + 1
-    end
+    local ts = i + 1
+    i = ts + span(buf + ts, le - ts, TARGET)
     if i == ts or buf[i] ~= 32 then
         return -400
     end
@@ -196,63 +269,7 @@ function _M.parse_head(buf, len, req)
 
     local headers = new_tab(0, 8)
     req.headers = headers
-    local pos, n = le + 1, 0
-    local limit = le + 1 + MAX_HEADER_BLOCK
-    while true do
-        if pos >= len then
-            return len > limit and -431 or 0
-        end
-        local c = buf[pos]
-        if c == 10 then
-            return pos + 1
-        elseif c == 13 then
-            if pos + 1 >= len then
-                return 0
-            end
-            if buf[pos + 1] == 10 then
-                return pos + 2
-            end
-            return -400
-        end
-        lf = memchr(buf + pos, 10, len - pos)
-        if lf == nil then
-            return len > limit and -431 or 0
-        end
-        le = ffi_cast(u8p, lf) - buf
-        if le >= limit then
-            return -431
-        end
-        n = n + 1
-        if n > MAX_HEADERS then
-            return -431
-        end
-        i = pos
-        while TOKEN[buf[i]] == 1 do
-            i = i + 1
-        end
-        if i == pos or buf[i] ~= 58 then
-            return -400 -- also rejects obs-fold and "Name :"
-        end
-        local name = lname(ffi_string(buf + pos, i - pos))
-        i = i + 1
-        while buf[i] == 32 or buf[i] == 9 do
-            i = i + 1
-        end
-        e = le
-        if e > i and buf[e - 1] == 13 then
-            e = e - 1
-        end
-        while e > i and (buf[e - 1] == 32 or buf[e - 1] == 9) do
-            e = e - 1
-        end
-        for k = i, e - 1 do
-            if VCHAR[buf[k]] == 0 then
-                return -400
-            end
-        end
-        add_header(req, headers, name, ffi_string(buf + i, e - i))
-        pos = le + 1
-    end
+    return fields(buf, len, req, headers, le + 1, 0, le + 1 + MAX_HEADER_BLOCK)
 end
 
 -- Parses a Content-Length value: digits only, repeated copies must agree
