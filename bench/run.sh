@@ -3,7 +3,7 @@
 # side on this machine and prints markdown tables (also written to
 # bench/results/latest.md).
 #
-#   bench/run.sh [tcp] [idle] [http] [ws] [wsidle] [fanout] ...
+#   bench/run.sh [tcp] [idle] [http] [ws] [wsidle] [fanout] [pairs] ...
 #                                              default: all of ALL_SCENARIOS
 #
 # Every server is pinned to one CPU (BENCH_SERVER_CPU, default 0) and the
@@ -32,6 +32,7 @@ FANOUT_CPUS=${BENCH_FANOUT_CPUS:-0,1}
 FANOUT_SUBS=${BENCH_FANOUT_SUBS:-10000}
 FANOUT_WINDOW=${BENCH_FANOUT_WINDOW:-32}
 FANOUT_SECS=30 # Upper bound of one fan-out run; a slower server reports done=0.
+PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-6}
 # A run during which other work used more than this % of a CPU is repeated
 # (at most RUNS extra times per row); the machine may be shared.
 MAX_OTHER=${BENCH_MAX_OTHER:-25}
@@ -41,7 +42,7 @@ MOONWIRE=bin/moonwire
 RESULTS=bench/results/latest.md
 CLK_TCK=$(getconf CLK_TCK)
 
-ALL_SCENARIOS=(tcp idle http ws wsidle fanout reload timeouts)
+ALL_SCENARIOS=(tcp idle http ws wsidle fanout reload timeouts pairs)
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
@@ -671,6 +672,136 @@ scenario_http() {
     if nginx_usable; then
         http_rows nginx nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
     fi
+    print_notes
+}
+
+# ---- pairs: two servers measured at the same time ----------------------------
+
+# The sequential tables above move by +-15% between runs on a shared machine,
+# which hides differences of a few percent. Here moonwire and one peer run at
+# the same time, both pinned to the server CPU, each driven by its own load
+# generator on the client CPU, for PAIR_ROUNDS rounds of SECS seconds. Both
+# see the same machine conditions in every round, so the ratio of their
+# figures per server CPU-second holds still even when the absolute rates do
+# not (each server gets about half a core, so absolute rates are lower than
+# in the tables above and are not comparable with them).
+
+# pair_start NAME CMD...: starts a server for a pair; sets PAIR_PID (measured)
+# and PAIR_MAIN (stopped), PAIR_PORT.
+pair_start() {
+    local name=$1
+    shift
+    pick_port
+    if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
+    local cmd=() a
+    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
+    start_server "$name" "${cmd[@]}" || return 1
+    PAIR_PID=$SERVER_PID PAIR_MAIN=$SERVER_MAIN PAIR_PORT=$PORT
+}
+
+# pair_http_round PORT PID CONNS OUT: one wrk window against one server,
+# started in the background; the caller waits. Writes "requests ticks" to OUT.
+pair_http_round() {
+    local port=$1 pid=$2 conns=$3 out=$4 c0 c1
+    (
+        c0=$(cpu_ticks "$pid")
+        taskset -c "$CLIENT_CPU" wrk -t1 -c"$conns" -d"${SECS}s" --timeout 10s \
+            "http://$HOST:$port/" >"$out.wrk" 2>&1
+        c1=$(cpu_ticks "$pid")
+        echo "$(awk '/requests in/ { print $1 }' "$out.wrk") $((c1 - c0))" >"$out"
+    ) &
+}
+
+# pair_ws_round PORT PID CONNS OUT: the same with loadgen --mode ws, which
+# measures the server's CPU over its own window.
+pair_ws_round() {
+    local port=$1 pid=$2 conns=$3 out=$4
+    taskset -c "$CLIENT_CPU" "$LOADGEN" --mode ws --host "$HOST" --port "$port" \
+        --conns "$conns" --seconds "$SECS" --warmup "$WARM" --size 64 \
+        --server-pid "$pid" >"$out" 2>"$out.err" &
+}
+
+# pair_row KIND CONNS PEER: rounds against the two running servers (moonwire:
+# MW_PID/MW_PORT, peer: PEER_PID/PEER_PORT); one table row.
+pair_row() {
+    local kind=$1 conns=$2 peer=$3 r mws=() peers=() ratios=() a b
+    for ((r = 0; r <= PAIR_ROUNDS; r++)); do # round 0 warms both up and is not counted
+        "pair_${kind}_round" "$MW_PORT" "$MW_PID" "$conns" "$TMP/pair.mw"
+        local j1=$!
+        "pair_${kind}_round" "$PEER_PORT" "$PEER_PID" "$conns" "$TMP/pair.peer"
+        local j2=$!
+        wait "$j1" "$j2" 2>/dev/null || true
+        [ "$r" -eq 0 ] && continue
+        if [ "$kind" = http ]; then
+            a=$(awk -v hz="$CLK_TCK" '{ if ($2 > 0) printf "%.0f", $1 / ($2 / hz) }' "$TMP/pair.mw")
+            b=$(awk -v hz="$CLK_TCK" '{ if ($2 > 0) printf "%.0f", $1 / ($2 / hz) }' "$TMP/pair.peer")
+        else
+            a=$(kv per_cpu_s "$(cat "$TMP/pair.mw")")
+            b=$(kv per_cpu_s "$(cat "$TMP/pair.peer")")
+        fi
+        if [ -z "$a" ] || [ -z "$b" ] || [ "$a" = 0 ] || [ "$b" = 0 ]; then
+            note "run.sh: pair $kind moonwire/$peer round $r failed"
+            continue
+        fi
+        mws+=("$a")
+        peers+=("$b")
+        ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", a / b }')")
+    done
+    if [ ${#ratios[@]} -eq 0 ]; then
+        say "| $kind | moonwire / $peer | $conns | failed | | | |"
+        return
+    fi
+    local lo hi
+    lo=$(printf '%s\n' "${ratios[@]}" | sort -g | head -1)
+    hi=$(printf '%s\n' "${ratios[@]}" | sort -g | tail -1)
+    say "| $kind | moonwire / $peer | $conns | $(fmt_rate "$(median "${mws[@]}")") |" \
+        "$(fmt_rate "$(median "${peers[@]}")") | **$(median "${ratios[@]}")x** | $lo–$hi (${#ratios[@]}) |"
+}
+
+# pair_servers KIND PEER CONNS_LIST PEER_CMD...: moonwire (handler for KIND)
+# and the peer both running, then one row per connection count.
+pair_servers() {
+    local kind=$1 peer=$2 counts=$3
+    shift 3
+    local handler=handlers/hello_http.lua
+    [ "$kind" = ws ] && handler=handlers/ws_echo.lua
+    moonwire_usable "$handler" || return
+    pair_start moonwire "$MOONWIRE" run "$handler" --listen "$HOST:@PORT@" --loops 1 --log-level warn ||
+        return
+    MW_PID=$PAIR_PID MW_MAIN=$PAIR_MAIN MW_PORT=$PAIR_PORT
+    if ! pair_start "$peer" "$@"; then
+        SERVER_MAIN=$MW_MAIN stop_server
+        return
+    fi
+    PEER_PID=$PAIR_PID PEER_MAIN=$PAIR_MAIN PEER_PORT=$PAIR_PORT
+    local conns
+    for conns in $counts; do
+        pair_row "$kind" "$conns" "$peer"
+    done
+    SERVER_MAIN=$PEER_MAIN stop_server
+    SERVER_MAIN=$MW_MAIN stop_server
+}
+
+scenario_pairs() {
+    say ""
+    say "### Pairs: moonwire and a peer measured at the same time ($PAIR_ROUNDS rounds of ${SECS} s)"
+    say ""
+    NOTES=()
+    say "| load | pair | conns | moonwire per server CPU-s | peer per server CPU-s | ratio (median) | ratio range (rounds) |"
+    say "|---|---|---:|---:|---:|---:|---:|"
+    if command -v wrk >/dev/null; then
+        if nginx_usable; then
+            pair_servers http nginx "200 8000" nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
+        fi
+        pair_servers http http_c "200" bench/bin/http_c "$HOST" @PORT@
+    else
+        NOTES+=("http pairs: skipped, wrk is not installed.")
+    fi
+    if command -v node >/dev/null; then
+        pair_servers ws node_ws "50 1000" node bench/node_ws_echo.js "$HOST" @PORT@
+    fi
+    pair_servers ws ws_c "50 1000" bench/bin/ws_c "$HOST" @PORT@
+    NOTES+=("Both servers of a pair share the server CPU and each has its own load generator on the client CPU, so each gets about half a core: compare the ratios, not the absolute rates, with the tables above.")
     print_notes
 }
 
