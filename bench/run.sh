@@ -154,6 +154,17 @@ stop_server() {
     wait "$SERVER_MAIN" 2>/dev/null || true
 }
 
+# start_fresh NAME CMD...: start_server on a freshly picked PORT; @PORT@ in CMD becomes
+# the port, and nginx gets its prefix directory written first.
+start_fresh() {
+    local name=$1 a cmd=()
+    shift
+    pick_port
+    if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
+    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
+    start_server "$name" "${cmd[@]}"
+}
+
 alive() { kill -0 "$SERVER_PID" 2>/dev/null; }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -194,11 +205,7 @@ fmt_rate() { awk -v r="$1" 'BEGIN { if (r == "-") print "-"; else if (r >= 1000)
 echo_rows() {
     local mode=$1 name=$2
     shift 2
-    pick_port
-    local cmd=()
-    local a
-    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
-    if ! start_server "$name" "${cmd[@]}"; then
+    if ! start_fresh "$name" "$@"; then
         say "| $name | - | server failed to start | | | | | | | |"
         return
     fi
@@ -327,13 +334,9 @@ scenario_ws() {
 idle_row() {
     local name=$1 mode=$2
     shift 2
-    local before=() held=() per=() run a ok=0
+    local before=() held=() per=() run ok=0
     for ((run = 1; run <= RUNS; run++)); do
-        pick_port
-        if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
-        local cmd=()
-        for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
-        start_server "$name" "${cmd[@]}" || break
+        start_fresh "$name" "$@" || break
         sleep 0.3
         local rss0 rss1 lg i
         rss0=$(rss_kb "$SERVER_PID")
@@ -579,11 +582,7 @@ EOF
 http_rows() {
     local name=$1
     shift
-    pick_port
-    local cmd=() a
-    if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
-    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
-    if ! start_server "$name" "${cmd[@]}"; then
+    if ! start_fresh "$name" "$@"; then
         say "| $name | - | server failed to start | | | | | | |"
         return
     fi
@@ -689,13 +688,7 @@ scenario_http() {
 # pair_start NAME CMD...: starts a server for a pair; sets PAIR_PID (measured)
 # and PAIR_MAIN (stopped), PAIR_PORT.
 pair_start() {
-    local name=$1
-    shift
-    pick_port
-    if [ "$name" = nginx ]; then nginx_conf "$PORT"; fi
-    local cmd=() a
-    for a in "$@"; do cmd+=("${a//@PORT@/$PORT}"); done
-    start_server "$name" "${cmd[@]}" || return 1
+    start_fresh "$@" || return 1
     PAIR_PID=$SERVER_PID PAIR_MAIN=$SERVER_MAIN PAIR_PORT=$PORT
 }
 
