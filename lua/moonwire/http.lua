@@ -49,7 +49,7 @@ local T_HEADER, T_BODY, T_KEEPALIVE, T_BUSY = 1, 2, 3, 4
 
 -- Version of the conn._http layout; a state written by an incompatible
 -- older module is replaced between requests.
-local STATE_V = 1
+local STATE_V = 2
 
 local function log_error(fmt, ...)
     local ok, mw = pcall(require, "moonwire")
@@ -78,10 +78,12 @@ local function new_state(conn, opts)
         paused = false,
         congested = false,
         closing = false,
+        in_input = false,
+        need = 0, -- body bytes still to read; -1: a chunked body
+        expect = false, -- answer "100 Continue" before reading the body
         hdr_ms = opts.header_timeout,
         ka_ms = opts.keepalive_timeout,
         max_body = opts.max_body,
-        nreq = 0,
     }
     conn._http = st
     return st
@@ -243,8 +245,10 @@ local function run(app, req, res)
     return final(req, res)
 end
 
--- Works out what the parsed head means: path and query, keep-alive, the
--- body framing.  Returns nil, or an error status.
+-- Works out what the parsed head means: the path, keep-alive, and the body
+-- framing, which goes to the connection state (st.need, st.expect) rather
+-- than the request, so that a request keeps to the eight fields its
+-- constructor sizes it for.  Returns nil, or an error status.
 local function prepare(req, st)
     local target = req.target
     if byte(target, 1) ~= 47 then
@@ -263,11 +267,11 @@ local function prepare(req, st)
             target = rest
         end
     end
+    -- req.rawquery is computed on first use (moonwire.http.request).
     local q = target and find(target, "?", 1, true)
     if not target then -- luacheck: ignore 542
     elseif q then
         req.path = sub(target, 1, q - 1)
-        req.rawquery = sub(target, q + 1)
     else
         req.path = target
     end
@@ -311,8 +315,7 @@ local function prepare(req, st)
         if lower(te) ~= "chunked" then
             return 501
         end
-        req._chunked = true
-        req._length = -1
+        st.need = -1
     elseif cl then
         local n = parser.content_length(cl)
         if not n then
@@ -321,9 +324,9 @@ local function prepare(req, st)
         if n > st.max_body then
             return 413
         end
-        req._length = n
+        st.need = n
     else
-        req._length = 0
+        st.need = 0
     end
 
     local expect = h.expect
@@ -331,7 +334,9 @@ local function prepare(req, st)
         if lower(expect) ~= "100-continue" then
             return 417
         end
-        req._expect = req.minor == 1
+        st.expect = req.minor == 1
+    else
+        st.expect = false
     end
     return nil
 end
@@ -339,7 +344,6 @@ end
 local function dispatch(app, conn, st, req)
     local res = new_response(conn, st, req, req.keepalive)
     st.cur = res
-    st.nreq = st.nreq + 1
     connmod.count_in(1)
     connmod.count_out(1)
     local ok, err = xpcall(run, traceback, app, req, res)
@@ -351,7 +355,7 @@ end
 -- Reads body bytes for st.req from buf[pos, len).  Returns new pos and
 -- true when the body is complete, or nil, status.
 local function read_body(st, req, buf, pos, len)
-    if req._chunked then
+    if st.need < 0 then
         local ch = st.ch
         local npos, done = parser.dechunk(ch, buf, pos, len, st.max_body)
         if not npos then
@@ -439,7 +443,7 @@ local function one_request(app, conn, st, buf, pos, len)
         -- table is allocated at its final size once.
         req = setmetatable({
             conn = conn, method = false, target = false, path = false, minor = false, headers = false,
-            body = false, keepalive = false, _length = false, _chunked = false, _expect = false,
+            body = false, keepalive = false,
         }, req_mt)
         local n = parse_head(p, avail, req)
         if n == 0 then
@@ -463,14 +467,12 @@ local function one_request(app, conn, st, buf, pos, len)
             fail(conn, st, status)
             return pos, STOP
         end
-        if req._length == 0 then
+        if st.need == 0 then
             req.body = ""
         else
             st.req = req
-            if req._chunked then
+            if st.need < 0 then
                 st.ch = { state = 0, left = 0, size = 0, tsize = 0, body = buffer.new() }
-            else
-                st.need = req._length
             end
         end
     end
@@ -482,8 +484,8 @@ local function one_request(app, conn, st, buf, pos, len)
         end
         pos = npos
         if not done then
-            if req._expect then
-                req._expect = false
+            if st.expect then
+                st.expect = false
                 conn:write("HTTP/1.1 100 Continue\r\n\r\n")
             end
             if st.tmode ~= T_BODY then

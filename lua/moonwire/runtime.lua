@@ -438,6 +438,36 @@ local function dispatch(ev, id, a, b)
   return 0
 end
 
+-- ---- garbage-collector pacing -----------------------------------------------------------
+
+-- Each cycle marks everything live, so the cost of marking per allocated byte is
+-- live / (threshold - live). LuaJIT starts a cycle at 2x the live heap; the runtime lets it
+-- grow to at least 4x (at thousands of connections a cycle walks them all: ~9% more WebSocket
+-- echo per CPU-second at 1,000 connections) and to at least live + 4 MB, so a loop with a
+-- small heap (an HTTP server's is ~0.4 MB) does not run a cycle every ~1,000 requests
+-- (~3.5% more requests per CPU-second measured). Set after every cycle from the heap then.
+local GC_PAUSE_MIN, GC_HEADROOM_KB = 400, 4096
+local gc_pause_set -- what the runtime last set; nil once a handler has set its own
+
+local function gc_pause()
+  if gc_pause_set == nil then
+    return
+  end
+  local kb = collectgarbage("count")
+  local want = math.floor(100 + 100 * GC_HEADROOM_KB / (kb > 1 and kb or 1))
+  if want < GC_PAUSE_MIN then
+    want = GC_PAUSE_MIN
+  end
+  local prev = collectgarbage("setpause", want)
+  if prev ~= gc_pause_set then
+    -- The handler chose its own pause (collectgarbage("setpause", n)): keep it.
+    collectgarbage("setpause", prev)
+    gc_pause_set = nil
+    return
+  end
+  gc_pause_set = want
+end
+
 --- Number of open connections on this loop.
 local function count_conns()
   local n = 0
@@ -454,10 +484,12 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   connmod.set_counters(counters)
   script_path, run_mode, static_path, lib_dir = script, mode, static_dir, lua_dir
   -- Count garbage-collector cycles: a sentinel whose finalizer re-arms itself each cycle.
+  -- The same finalizer sizes the next cycle (gc_pause).
   local function gc_sentinel()
     local proxy = newproxy(true)
     getmetatable(proxy).__gc = function()
       C.mw_stats_gc_cycle(loop_ptr)
+      gc_pause()
       gc_sentinel()
     end
   end
@@ -478,11 +510,8 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
     connections = count_conns,
     each_connection = function() return pairs(conns) end,
   }
-  -- The hot path makes little garbage (a string per message), but with thousands of live
-  -- connections every collection cycle walks them all: let the heap grow to 4x its live size
-  -- (LuaJIT's default is 2x) before a cycle. Measured: ~9% more WebSocket echo per CPU-second
-  -- at 1,000 connections. A handler may set its own in init().
-  collectgarbage("setpause", 400)
+  collectgarbage("setpause", GC_PAUSE_MIN)
+  gc_pause_set = GC_PAUSE_MIN
   -- A request's whole path (parse, route, respond) is one trace only if the recorder may
   -- follow it that far: LuaJIT's default of 4,000 IR instructions per trace cut the HTTP
   -- path in pieces, one of which fell back to the interpreter ("trace too long").

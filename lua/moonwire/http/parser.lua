@@ -242,13 +242,21 @@ function _M.parse_head(buf, len, req)
     if i == 0 or buf[i] ~= 32 then
         return -400
     end
-    local method = ffi_string(buf, i)
+    -- GET and POST, spelled out, skip the string interning of ffi.string.
+    local method
+    if i == 3 and buf[0] == 71 and buf[1] == 69 and buf[2] == 84 then
+        method = "GET"
+    elseif i == 4 and buf[0] == 80 and buf[1] == 79 and buf[2] == 83 and buf[3] == 84 then
+        method = "POST"
+    else
+        method = ffi_string(buf, i)
+    end
     local ts = i + 1
     i = ts + span(buf + ts, le - ts, TARGET)
     if i == ts or buf[i] ~= 32 then
         return -400
     end
-    local target = ffi_string(buf + ts, i - ts)
+    local target = (i - ts == 1 and buf[ts] == 47) and "/" or ffi_string(buf + ts, i - ts)
     i = i + 1
     local e = le
     if buf[e - 1] == 13 then

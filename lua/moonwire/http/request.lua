@@ -72,7 +72,7 @@ end
 -- req:query_values(name) -> every value of a query parameter, in order.
 function methods.query_values(self, name)
     local out = {}
-    local raw = rawget(self, "rawquery")
+    local raw = self.rawquery
     if raw then
         each_pair(raw, function(list, k, v)
             if k == name then
@@ -89,8 +89,19 @@ mt.__index = function(self, k)
     if m ~= nil then
         return m
     end
-    if k == "query" then
-        local q = _M.parse_query(rawget(self, "rawquery"))
+    if k == "rawquery" then
+        -- The text after the first "?" of the target (an absolute-form
+        -- target's authority cannot hold one).
+        local target = rawget(self, "target")
+        local q = target and find(target, "?", 1, true)
+        if q then
+            local raw = sub(target, q + 1)
+            rawset(self, "rawquery", raw)
+            return raw
+        end
+        return nil
+    elseif k == "query" then
+        local q = _M.parse_query(self.rawquery)
         rawset(self, "query", q)
         return q
     elseif k == "params" then
