@@ -333,6 +333,35 @@ describe("runtime #integration", function()
     srv:stop()
   end)
 
+  it("paces the GC from the live heap and keeps a handler's own pause", function()
+    local function pause_of(c)
+      local p, live = ask(c, "pause"):match("^pause=(%d+) live=(%d+)$")
+      return tonumber(p), tonumber(live)
+    end
+    -- A small heap: cycles start at live + 4 MB, far above LuaJIT's 2x.
+    local srv = H.start_server { script = "spec/fixtures/gc_pacing.lua" }
+    local c = lines_client(srv.port)
+    assert.equal("churned", ask(c, "churn 30000"))
+    local p, live = pause_of(c)
+    assert.is_true(live < 4096, "live heap " .. live .. " KB")
+    assert.is_true(p >= 100 + 100 * 4096 / (2 * live), ("pause %d with %d KB live"):format(p, live))
+    -- A large heap: 4x the live size, not live + 4 MB.
+    assert.equal("held", ask(c, "hold 20000"))
+    assert.equal("churned", ask(c, "churn 60000"))
+    p = pause_of(c)
+    assert.equal(400, p)
+    c:close()
+    srv:stop()
+    -- A handler that sets its own pause keeps it across cycles.
+    srv = H.start_server { script = "spec/fixtures/gc_pacing.lua" }
+    c = lines_client(srv.port)
+    assert.equal("own", ask(c, "own 150"))
+    assert.equal("churned", ask(c, "churn 30000"))
+    assert.equal(150, (pause_of(c)))
+    c:close()
+    srv:stop()
+  end)
+
   it("pauses and resumes reading, delivering buffered input after resume", function()
     local srv = H.start_server { script = "spec/fixtures/pause.lua" }
     local c = lines_client(srv.port)
