@@ -44,7 +44,8 @@ local function run(n)
     local on_input = app.on_input
     for _ = 1, n do
         if on_input(conn, ptr, len) ~= len then
-            error("the app did not consume the request (closing: " .. tostring(conn._http and conn._http.closing) .. ")")
+            local st = conn._http
+            error("the app did not consume the request (closing: " .. tostring(st and st.closing) .. ")")
         end
     end
     return request -- keeps the buffer alive while ptr is in use
