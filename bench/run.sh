@@ -719,10 +719,20 @@ pair_ws_round() {
 pair_row() {
     local kind=$1 conns=$2 peer=$3 r mws=() peers=() ratios=() a b
     for ((r = 0; r <= PAIR_ROUNDS; r++)); do # round 0 warms both up and is not counted
-        "pair_${kind}_round" "$MW_PORT" "$MW_PID" "$conns" "$TMP/pair.mw"
-        local j1=$!
-        "pair_${kind}_round" "$PEER_PORT" "$PEER_PID" "$conns" "$TMP/pair.peer"
-        local j2=$!
+        # The load generator started second gets a slightly better share of the client CPU
+        # (about 1% in A/A runs here), so the two swap places every round.
+        local j1 j2
+        if ((r % 2 == 0)); then
+            "pair_${kind}_round" "$MW_PORT" "$MW_PID" "$conns" "$TMP/pair.mw"
+            j1=$!
+            "pair_${kind}_round" "$PEER_PORT" "$PEER_PID" "$conns" "$TMP/pair.peer"
+            j2=$!
+        else
+            "pair_${kind}_round" "$PEER_PORT" "$PEER_PID" "$conns" "$TMP/pair.peer"
+            j2=$!
+            "pair_${kind}_round" "$MW_PORT" "$MW_PID" "$conns" "$TMP/pair.mw"
+            j1=$!
+        fi
         wait "$j1" "$j2" 2>/dev/null || true
         [ "$r" -eq 0 ] && continue
         if [ "$kind" = http ]; then
