@@ -28,8 +28,10 @@ void mw__block_free(mw_bufcache_t *bc, char *base, size_t cap) {
 int mw__buf_reserve(mw_bufcache_t *bc, mw_buf_t *b, size_t extra) {
     if (b->cap - b->off - b->len >= extra)
         return 0;
-    /* Slide the live bytes to the front when that makes room. */
-    if (b->off > 0 && b->cap - b->len >= extra) {
+    /* Slide the live bytes to the front when that makes room, and only while they fill at
+     * most half the block: a queue that drains at the front while small writes arrive at the
+     * back would otherwise move all of its bytes for every few it gains. */
+    if (b->off > 0 && b->cap - b->len >= extra && b->len <= b->cap / 2) {
         memmove(b->base, b->base + b->off, b->len);
         b->off = 0;
         return 0;

@@ -17,9 +17,15 @@
 
 #define MW_VERSION "0.1.0"
 
-/* Size of the per-loop read buffer and of one read: libuv reads at most 32 times per stream
- * per wake-up, so one busy connection can take at most 32 * MW_READ_CHUNK bytes per turn. */
+/* Size of the per-loop read buffer and of one read. A connection is read at most
+ * MW_READS_PER_WAKE times per wake-up (and only again while reads fill the buffer), so one
+ * busy connection can take at most MW_READS_PER_WAKE * MW_READ_CHUNK bytes per turn. */
 #define MW_READ_CHUNK (64 * 1024)
+#define MW_READS_PER_WAKE 32
+/* Connections accepted per wake-up of a listening socket before the loop moves on. */
+#define MW_ACCEPTS_PER_WAKE 128
+/* How long accepting pauses when the process is out of file descriptors (or memory). */
+#define MW_ACCEPT_PAUSE_MS 100
 /* Small buffers of this size are recycled per loop instead of going back to malloc. */
 #define MW_SMALL_BUF 4096
 #define MW_SMALL_CACHE 256
@@ -148,7 +154,7 @@ typedef struct mw_msg_s {
 /* ---- connections (conn.c) ---------------------------------------------------------- */
 
 enum {
-    MW_CONN_READING = 1 << 0,         /* uv_read_start is active */
+    MW_CONN_READING = 1 << 0,         /* polling for input */
     MW_CONN_PAUSED = 1 << 1,          /* the handler paused reading */
     MW_CONN_BACKPRESSURE = 1 << 2,    /* paused because the write queue is over high water */
     MW_CONN_CLOSING = 1 << 3,         /* no more callbacks except the pending on_close */
@@ -159,6 +165,7 @@ enum {
     MW_CONN_SHUTDOWN_SENT = 1 << 8,   /* FIN queued */
     MW_CONN_HANDLE_CLOSING = 1 << 9,  /* uv_close called */
     MW_CONN_REDISPATCH = 1 << 10,     /* buffered input must be offered to Lua again */
+    MW_CONN_WRITING = 1 << 11,        /* output the kernel did not take: polling for room */
     MW_CONN_OPENED = 1 << 12,         /* on_open has been delivered */
     MW_CONN_HARD_CLOSE = 1 << 13,     /* drop the queue and reset instead of flushing */
     MW_CONN_COUNTED_PAUSED = 1 << 14, /* counted in stats.paused_conns */
@@ -174,14 +181,16 @@ typedef struct mw_tlist_s {
 } mw_tlist_t;
 
 struct mw_conn_s {
-    uv_tcp_t tcp; /* first, so a handle pointer is a connection pointer; tcp.loop->data is
-                     the owning mw_loop_t (see mw__conn_loop) */
+    uv_poll_t poll; /* first, so a handle pointer is a connection pointer; poll.loop->data
+                       is the owning mw_loop_t (see mw__conn_loop) */
+    int fd;         /* the socket: read with recv, written with send (conn.c) */
+    int events;     /* UV_READABLE / UV_WRITABLE the poll handle is started with */
     double id;
     uint32_t flags;
-    int reason;      /* MW_REASON_* once closing */
-    mw_buf_t in;     /* input not yet consumed by the handler */
-    mw_buf_t out;    /* output not yet handed to the kernel */
-    size_t inflight; /* bytes inside uv_write requests */
+    int reason;         /* MW_REASON_* once closing */
+    mw_buf_t in;        /* input not yet consumed by the handler */
+    mw_buf_t out;       /* output not yet handed to the kernel */
+    uint32_t committed; /* bytes at the front of out that a send already started on */
     mw_conn_t *flush_next;
     mw_conn_t *pending_next;
     /* idle timeout: position in one of the loop's timeout lists */
@@ -206,10 +215,9 @@ enum {
 const char *mw__reason_name(int reason);
 
 static inline mw_loop_t *mw__conn_loop(const mw_conn_t *c) {
-    return (mw_loop_t *)c->tcp.loop->data;
+    return (mw_loop_t *)c->poll.loop->data;
 }
 
-void mw__conn_accept(mw_loop_t *l, uv_stream_t *server);
 void mw__conn_adopt(mw_loop_t *l, int fd);
 void mw__conn_flush_all(mw_loop_t *l);
 void mw__conn_run_pending(mw_loop_t *l);
@@ -258,8 +266,11 @@ struct mw_loop_s {
     int reuseport;
     pthread_t thread;
     uv_loop_t uv;
-    uv_tcp_t listener;
+    uv_poll_t listener; /* the listening socket, accepted from with accept4 (tcp.c) */
+    int listen_fd;
     int listening;
+    uv_timer_t accept_timer; /* resumes accepting after running out of descriptors */
+    uint64_t accept_warned;  /* when that was last logged */
     uv_async_t async;
     uv_prepare_t prepare;
     uv_idle_t idle;
@@ -285,6 +296,7 @@ struct mw_loop_s {
     mw_bufcache_t bufcache;
     double next_conn_id;
     long nconns;             /* connections not yet freed */
+    mw_conn_t *polling;      /* the connection whose poll callback is running */
     mw_conn_t *flush_head;   /* connections with output to write */
     mw_conn_t *pending_head; /* connections with deferred Lua work */
     mw_conn_t *pending_tail;
@@ -328,6 +340,7 @@ void mw__loop_flush_add(mw_loop_t *l, mw_conn_t *c);
 
 int mw__tcp_probe(const char *host, int *port, char *err, size_t errlen);
 int mw__tcp_listen(mw_loop_t *l, char *err, size_t errlen);
+void mw__tcp_stop(mw_loop_t *l);
 
 /* ---- stats (stats.c) ---------------------------------------------------------------- */
 

@@ -51,9 +51,13 @@ static void close_walk(uv_handle_t *h, void *arg) {
     if (uv_is_closing(h))
         return;
     mw_loop_t *l = h->loop->data;
-    if (h == (uv_handle_t *)&l->listener || h == (uv_handle_t *)&l->async ||
-        h == (uv_handle_t *)&l->prepare || h == (uv_handle_t *)&l->idle ||
-        h == (uv_handle_t *)&l->timeout_timer || h == (uv_handle_t *)&l->drain_timer) {
+    if (h == (uv_handle_t *)&l->listener || h == (uv_handle_t *)&l->accept_timer) {
+        mw__tcp_stop(l);
+        return;
+    }
+    if (h == (uv_handle_t *)&l->async || h == (uv_handle_t *)&l->prepare ||
+        h == (uv_handle_t *)&l->idle || h == (uv_handle_t *)&l->timeout_timer ||
+        h == (uv_handle_t *)&l->drain_timer) {
         uv_close(h, NULL);
         return;
     }
@@ -64,13 +68,6 @@ static void close_walk(uv_handle_t *h, void *arg) {
     }
     /* Anything else (fs watchers, helper handles) owns its memory elsewhere. */
     uv_close(h, NULL);
-}
-
-static void stop_listening(mw_loop_t *l) {
-    if (!l->listening)
-        return;
-    l->listening = 0;
-    uv_close((uv_handle_t *)&l->listener, NULL);
 }
 
 static void on_drain_timeout(uv_timer_t *t) {
@@ -85,7 +82,7 @@ static void begin_shutdown(mw_loop_t *l) {
     if (l->shutting_down)
         return;
     l->shutting_down = 1;
-    stop_listening(l);
+    mw__tcp_stop(l);
     mw__lua_shutdown(l);
     mw__conn_close_lingering(l);
     if (l->nconns == 0) {

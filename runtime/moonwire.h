@@ -28,7 +28,7 @@ int mw_abi_version(void);
  * hard limit (the connection is then closed with reason "limit"). */
 int mw_conn_write(mw_conn_t *c, const char *p, size_t n);
 /* Like mw_conn_write, but the bytes go ahead of all queued output that has not been handed to
- * the kernel yet (only the write request in flight, if any, is ahead of them). For control
+ * the kernel yet (only the rest of a write the kernel took part of is ahead of them). For control
  * messages that must not wait behind a full queue: a WebSocket pong or close frame. The
  * queue is cut only between calls, so write whole messages with single calls. */
 int mw_conn_write_urgent(mw_conn_t *c, const char *p, size_t n);

@@ -1,7 +1,8 @@
 /* Listening sockets. Each loop binds its own socket with SO_REUSEPORT so the kernel spreads
  * connections across loops with no shared accept lock. libuv 1.44 has no flag for it, so the
- * socket is made here: create, set the option, bind, then hand it to uv_tcp_open. Without
- * SO_REUSEPORT, loop 1 accepts alone and passes sockets to the others (loop.c). */
+ * socket is made here: create, set the option, bind, listen. A uv_poll_t says when it is
+ * readable and accept4 takes the connections, as plain sockets for conn.c, which polls them
+ * itself. Without SO_REUSEPORT, loop 1 accepts alone and passes sockets to the others. */
 #include "internal.h"
 
 #include <errno.h>
@@ -74,62 +75,114 @@ int mw__tcp_probe(const char *host, int *port, char *err, size_t errlen) {
     return 0;
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-    mw_loop_t *l = server->data;
-    if (status < 0) {
-        MW_LOG(MW_LOG_WARN, l->id, "accept error: %s", uv_strerror(status));
-        return;
-    }
-    if (l->reuseport || l->is_admin || mw__nloops == 1) {
-        mw__conn_accept(l, server);
-        return;
-    }
-    /* Single acceptor: round-robin the socket to a loop (ourselves included). */
-    int target = l->fallback_rr++ % mw__nloops;
+/* Gives an accepted socket to this loop or, with a single acceptor, round-robin to a loop. */
+static void dispatch(mw_loop_t *l, int fd) {
+    int target = l->id - 1;
+    if (!l->reuseport && !l->is_admin && mw__nloops > 1)
+        target = l->fallback_rr++ % mw__nloops;
     if (target == l->id - 1) {
-        mw__conn_accept(l, server);
+        mw__conn_adopt(l, fd);
         return;
     }
-    uv_tcp_t *tmp = malloc(sizeof *tmp);
-    if (tmp == NULL)
+    mw_msg_t *m = calloc(1, sizeof *m);
+    if (m == NULL) {
+        close(fd);
         return;
-    uv_tcp_init(&l->uv, tmp);
-    if (uv_accept(server, (uv_stream_t *)tmp) == 0) {
-        uv_os_fd_t fd;
-        if (uv_fileno((uv_handle_t *)tmp, &fd) == 0) {
-            int dupfd = dup(fd);
-            mw_msg_t *m = calloc(1, sizeof *m);
-            if (dupfd >= 0 && m) {
-                m->type = MW_MSG_FD;
-                m->fd = dupfd;
-                mw__loop_post(&mw__loops[target], m);
-            } else {
-                if (dupfd >= 0)
-                    close(dupfd);
-                free(m);
-            }
+    }
+    m->type = MW_MSG_FD;
+    m->fd = fd;
+    mw__loop_post(&mw__loops[target], m);
+}
+
+static void on_listen_ready(uv_poll_t *p, int status, int events);
+
+static void on_accept_resume(uv_timer_t *t) {
+    mw_loop_t *l = t->data;
+    if (l->listening)
+        (void)uv_poll_start(&l->listener, UV_READABLE, on_listen_ready);
+}
+
+/* Out of descriptors or memory: the pending connection cannot be taken, and the poll would
+ * report it again at once. Stop accepting for a moment (connections wait in the backlog). */
+static void pause_accepting(mw_loop_t *l, int err) {
+    uint64_t now = uv_now(&l->uv);
+    if (l->accept_warned == 0 || now - l->accept_warned >= 1000) {
+        l->accept_warned = now;
+        MW_LOG(MW_LOG_WARN, l->id, "accept: %s; accepting paused for %d ms%s", strerror(err),
+               MW_ACCEPT_PAUSE_MS,
+               err == EMFILE || err == ENFILE ? " (raise the file limit or lower --max-conns)"
+                                              : "");
+    }
+    uv_poll_stop(&l->listener);
+    uv_timer_start(&l->accept_timer, on_accept_resume, MW_ACCEPT_PAUSE_MS, 0);
+}
+
+static void on_listen_ready(uv_poll_t *p, int status, int events) {
+    mw_loop_t *l = p->data;
+    (void)events;
+    if (status < 0) {
+        /* libuv has stopped the poll; try again after the pause. */
+        pause_accepting(l, EIO);
+        return;
+    }
+    for (int i = 0; i < MW_ACCEPTS_PER_WAKE && l->listening; i++) {
+        int fd = accept4(l->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            dispatch(l, fd);
+            continue;
+        }
+        switch (errno) {
+        case EAGAIN:
+            return;
+        case EINTR:
+        case ECONNABORTED:
+        case EPERM:
+        case EPROTO:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EHOSTDOWN:
+        case EHOSTUNREACH:
+        case ENONET:
+        case ENOPROTOOPT:
+        case EOPNOTSUPP:
+            continue; /* that connection's own trouble (accept(2)); the next may be fine */
+        default:
+            pause_accepting(l, errno); /* EMFILE, ENFILE, ENOBUFS, ENOMEM and the unexpected */
+            return;
         }
     }
-    uv_close((uv_handle_t *)tmp, (uv_close_cb)free);
 }
 
 int mw__tcp_listen(mw_loop_t *l, char *err, size_t errlen) {
     int fd;
     int rc = make_socket(l->host, l->port, l->reuseport, &fd, NULL);
+    if (rc == 0 && listen(fd, 4096) < 0) {
+        rc = -errno;
+        close(fd);
+    }
+    if (rc == 0) {
+        rc = uv_poll_init(&l->uv, &l->listener, fd);
+        if (rc < 0)
+            close(fd);
+    }
     if (rc < 0) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", l->host, l->port, uv_strerror(rc));
         return rc;
     }
-    uv_tcp_init(&l->uv, &l->listener);
     l->listener.data = l;
-    rc = uv_tcp_open(&l->listener, fd);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&l->listener, 4096, on_connection);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", l->host, l->port, uv_strerror(rc));
-        uv_close((uv_handle_t *)&l->listener, NULL);
-        return rc;
-    }
+    l->listen_fd = fd;
+    uv_timer_init(&l->uv, &l->accept_timer);
+    l->accept_timer.data = l;
+    (void)uv_poll_start(&l->listener, UV_READABLE, on_listen_ready);
     l->listening = 1;
     return 0;
+}
+
+void mw__tcp_stop(mw_loop_t *l) {
+    if (!l->listening)
+        return;
+    l->listening = 0;
+    uv_close((uv_handle_t *)&l->listener, NULL);
+    uv_close((uv_handle_t *)&l->accept_timer, NULL);
+    close(l->listen_fd);
 }

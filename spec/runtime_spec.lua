@@ -223,6 +223,42 @@ describe("runtime #integration", function()
     assert.matches("connection limit reached %(max%-conns 2%), rejecting", srv:log())
   end)
 
+  it("pauses accepting while out of file descriptors, then takes the waiting connections", function()
+    local srv = H.start_server { script = "handlers/echo.lua" }
+    local fds = 0
+    for _ in H.sh("ls /proc/" .. srv.pid .. "/fd"):gmatch("%S+") do
+      fds = fds + 1
+    end
+    -- Room for 10 more descriptors: the 11th connection finds the process out of them.
+    local limit = fds + 10
+    local out, rc = H.sh(("prlimit --pid %d --nofile=%d:%d"):format(srv.pid, limit, limit))
+    assert.equal(0, rc, out)
+    local conns = {}
+    for i = 1, 20 do
+      conns[i] = assert(H.connect(srv.port)) -- the kernel completes them all (backlog)
+    end
+    assert.truthy(H.wait_for(function()
+      return srv:log():find("accept: Too many open files; accepting paused for 100 ms", 1, true)
+    end, 5), srv:log())
+    -- Paused, not spinning on the connection it cannot take; the accepted ones are served.
+    local cpu0 = H.cpu_seconds(srv.pid)
+    socket.sleep(1)
+    assert.is_true(H.cpu_seconds(srv.pid) - cpu0 < 0.5, "the loop spins while out of fds")
+    assert(conns[1]:send("a"))
+    assert.equal("a", conns[1]:receive(1))
+    -- Free descriptors: the connections waiting in the backlog are accepted and answered.
+    for i = 1, 10 do
+      conns[i]:close()
+    end
+    for i = 11, 20 do
+      conns[i]:settimeout(5)
+      assert(conns[i]:send(tostring(i % 10)))
+      assert.equal(tostring(i % 10), conns[i]:receive(1), "connection " .. i)
+      conns[i]:close()
+    end
+    srv:stop()
+  end)
+
   it("a handler error closes only its connection", function()
     local srv = H.start_server { script = "spec/fixtures/errors.lua", loops = 2 }
     local others = {}
