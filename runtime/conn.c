@@ -17,7 +17,6 @@
 
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -274,7 +273,6 @@ static void after_flush_closing(mw_conn_t *c) {
 
 /* Continues a teardown once Lua has been told. */
 static void continue_close(mw_conn_t *c) {
-    mw_loop_t *l = mw__conn_loop(c);
     if (c->flags & MW_CONN_HARD_CLOSE) {
         drop_out(c);
         if (c->reason != MW_REASON_RESET &&
@@ -286,12 +284,14 @@ static void continue_close(mw_conn_t *c) {
         finish_close(c);
         return;
     }
-    /* Graceful: flush, FIN, linger; bounded by the linger timeout. */
+    /* Graceful: flush, FIN, linger; bounded by the linger timeout. Flushing now rather than
+     * in the prepare phase lets the lingering read start before the poll is synced, so a
+     * reply that fits in the socket buffer closes without stopping and restarting it. */
     mw__conn_set_timeout(c, MW_LINGER_MS);
     if (queued(c) == 0)
         after_flush_closing(c);
-    else if (c->out.len > 0)
-        mw__loop_flush_add(l, c);
+    else
+        flush(c);
 }
 
 static void notify_close(mw_conn_t *c) {
@@ -531,7 +531,11 @@ static void on_poll(uv_poll_t *h, int status, int events) {
         (c->flags & (MW_CONN_HANDLE_CLOSING | MW_CONN_READING)) == MW_CONN_READING)
         read_input(c);
     l->polling = NULL;
-    update_poll(c);
+    /* Work queued for the prepare phase (a close asked for by the handler: flush, FIN, then
+     * the lingering read) runs before the loop polls again and syncs the poll itself; a
+     * stop now would be undone there, at the cost of three epoll calls. */
+    if (!(c->flags & MW_CONN_IN_PENDING))
+        update_poll(c);
 }
 
 static void start_reading(mw_conn_t *c) {
@@ -648,7 +652,10 @@ void mw__conn_run_pending(mw_loop_t *l) {
         if (c->flags & MW_CONN_FREE_LATER) {
             if (!(c->flags & MW_CONN_IN_FLUSH))
                 release(c);
-        } else if (c->flags & MW_CONN_CLOSING) {
+            c = next;
+            continue;
+        }
+        if (c->flags & MW_CONN_CLOSING) {
             if (!(c->flags & MW_CONN_CLOSE_NOTIFIED)) {
                 notify_close(c);
                 continue_close(c);
@@ -658,6 +665,7 @@ void mw__conn_run_pending(mw_loop_t *l) {
             if (c->in.len > 0 && !(c->flags & (MW_CONN_PAUSED | MW_CONN_BACKPRESSURE)))
                 deliver(c, c->in.base + c->in.off, c->in.len, 0);
         }
+        update_poll(c); /* on_poll may have left it to this list */
         c = next;
     }
     if (l->pending_head == NULL)
@@ -687,8 +695,7 @@ static void setup(mw_loop_t *l, mw_conn_t *c) {
         finish_close(c);
         return;
     }
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* TCP_NODELAY is already on: accepted sockets inherit it from the listener (tcp.c). */
     c->flags |= MW_CONN_OPENED;
     mw__lua_open(l, c);
     if (c->flags & MW_CONN_CLOSING)
