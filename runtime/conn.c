@@ -5,9 +5,9 @@
  *   FIN, lingering read (graceful) or reset (abort) -> uv_close -> free.
  * A connection is a uv_poll_t on its socket: libuv says when it is readable or writable and
  * this file does the I/O with recv and send, which skip the VFS layer that read and write
- * (what libuv's streams use) go through: 3% more requests per CPU-second on the HTTP
- * benchmark. The poll is level-triggered, so events only change when reading pauses or
- * resumes and while output waits for room.
+ * (what libuv's streams use) go through: 6.5% more requests per CPU-second on the HTTP
+ * benchmark (docs/architecture.md, "Sockets"). The poll is level-triggered, so events only
+ * change when reading pauses or resumes and while output waits for room.
  * on_close is delivered exactly once. When teardown starts inside a Lua callback (conn:close()
  * from a handler, a write over the hard limit) the notification is queued on the loop's
  * pending list and delivered at the next safe point, because C never calls into Lua from an
