@@ -90,6 +90,12 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     }
 }
 
+static void free_dir(uv_handle_t *h) {
+    wdir_t *d = h->data;
+    free(d->path);
+    free(d);
+}
+
 static void watch_dir(const char *dir) {
     for (wdir_t *d = dirs; d; d = d->next)
         if (strcmp(d->path, dir) == 0)
@@ -103,9 +109,7 @@ static void watch_dir(const char *dir) {
     int rc = uv_fs_event_start(&d->ev, on_fs_event, dir, 0);
     if (rc < 0) {
         mw__log(MW_LOG_WARN, 0, "cannot watch %s for changes: %s", dir, uv_strerror(rc));
-        uv_close((uv_handle_t *)&d->ev, NULL);
-        free(d->path);
-        free(d);
+        uv_close((uv_handle_t *)&d->ev, free_dir); /* libuv holds the handle until then */
         return;
     }
     d->next = dirs;

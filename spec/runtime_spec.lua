@@ -259,6 +259,17 @@ describe("runtime #integration", function()
     srv:stop()
   end)
 
+  it("reports a directory it cannot watch and carries on", function()
+    local srv = H.start_server { script = "spec/fixtures/watch_missing_dir.lua" }
+    assert.truthy(H.wait_for(function()
+      return srv:log():find("cannot watch /nonexistent-moonwire-spec-dir for changes", 1, true)
+    end, 5), srv:log())
+    local c = lines_client(srv.port)
+    assert.equal("still here", ask(c, "still here"))
+    c:close()
+    srv:stop()
+  end)
+
   it("a handler error closes only its connection", function()
     local srv = H.start_server { script = "spec/fixtures/errors.lua", loops = 2 }
     local others = {}
