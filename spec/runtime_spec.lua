@@ -225,6 +225,7 @@ describe("runtime #integration", function()
 
   it("pauses accepting while out of file descriptors, then takes the waiting connections", function()
     local srv = H.start_server { script = "handlers/echo.lua" }
+    finally(function() srv:kill() end) -- a failed step must not leave it running
     local fds = 0
     for _ in H.sh("ls /proc/" .. srv.pid .. "/fd"):gmatch("%S+") do
       fds = fds + 1
@@ -261,6 +262,7 @@ describe("runtime #integration", function()
 
   it("reports a directory it cannot watch and carries on", function()
     local srv = H.start_server { script = "spec/fixtures/watch_missing_dir.lua" }
+    finally(function() srv:kill() end)
     assert.truthy(H.wait_for(function()
       return srv:log():find("cannot watch /nonexistent-moonwire-spec-dir for changes", 1, true)
     end, 5), srv:log())
