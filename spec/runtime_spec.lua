@@ -409,6 +409,14 @@ describe("runtime #integration", function()
     assert.equal(150, (pause_of(c)))
     c:close()
     srv:stop()
+    -- Also when it sets LuaJIT's default back: a small heap would otherwise get ~1,000+.
+    srv = H.start_server { script = "spec/fixtures/gc_pacing.lua" }
+    c = lines_client(srv.port)
+    assert.equal("own", ask(c, "own 200"))
+    assert.equal("churned", ask(c, "churn 30000"))
+    assert.equal(200, (pause_of(c)))
+    c:close()
+    srv:stop()
   end)
 
   it("pauses and resumes reading, delivering buffered input after resume", function()

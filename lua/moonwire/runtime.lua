@@ -511,8 +511,11 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
     connections = count_conns,
     each_connection = function() return pairs(conns) end,
   }
+  -- Paced from the start: the first cycle too waits for live + 4 MB, and what the runtime
+  -- sets is then far from LuaJIT's default of 200, which a handler may well set back.
   collectgarbage("setpause", GC_PAUSE_MIN)
   gc_pause_set = GC_PAUSE_MIN
+  gc_pause()
   -- A request's whole path (parse, route, respond) is one trace only if the recorder may
   -- follow it that far: LuaJIT's default of 4,000 IR instructions per trace cut the HTTP
   -- path in pieces, one of which fell back to the interpreter ("trace too long").
