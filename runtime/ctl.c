@@ -1,4 +1,4 @@
-/* Client commands that talk to a running server: reload, status, top, profile.
+/* Client commands that talk to a running server: reload, status, top, profile, gc.
  *
  * reload works through a signal (--pid / --pid-file) or the admin listener (--admin);
  * the others read the admin listener over plain HTTP/1.0 on a loopback address. */
@@ -21,7 +21,8 @@ static const char ctl_usage[] =
     "  moonwire status --admin HOST:PORT        loops, generations, reload errors\n"
     "  moonwire top --admin HOST:PORT [--count N]   live per-loop view, every second\n"
     "  moonwire profile --admin HOST:PORT [--seconds N] [--loop K|all] [--folded]\n"
-    "                                           flame graph SVG (or folded stacks) on stdout\n";
+    "                                           flame graph SVG (or folded stacks) on stdout\n"
+    "  moonwire gc --admin HOST:PORT            full Lua garbage collection in every loop\n";
 
 static int fail(const char *fmt, const char *arg) {
     fputs("moonwire: ", stderr);
@@ -170,6 +171,8 @@ int mw__ctl_main(int argc, char **argv) {
         return fail("%s needs --admin HOST:PORT (start the server with --admin)", cmd);
     if (strcmp(cmd, "status") == 0)
         return admin_call(admin, "GET", "/status", 5, 1);
+    if (strcmp(cmd, "gc") == 0)
+        return admin_call(admin, "POST", "/gc", 15, 1);
     if (strcmp(cmd, "top") == 0) {
         for (long i = 0; count == 0 || i < count; i++) {
             if (i > 0)

@@ -116,6 +116,7 @@ typedef struct mw_stats_s {
     _Atomic uint64_t wakeups, iterations;
     _Atomic uint64_t write_queue_bytes, paused_conns, timers;
     _Atomic uint64_t lag_us, lag_max_us, lua_bytes, gc_cycles;
+    _Atomic uint64_t lua_live_bytes, gc_forced, gc_forced_before;
     _Atomic uint64_t stuck, stuck_ms, spinning_fds;
 } mw_stats_t;
 
@@ -134,6 +135,7 @@ enum {
     MW_MSG_RELOAD,       /* reload the handler at the next safe point */
     MW_MSG_PROFILE,      /* start (fd = 1) or stop (fd = 0) the Lua profiler */
     MW_MSG_PROFILE_DONE, /* to the admin loop: a loop's folded stacks (blob) */
+    MW_MSG_GC,           /* run a full Lua garbage collection */
 };
 
 /* A published message, shared by every loop it is delivered to. */
@@ -370,6 +372,7 @@ void mw__lua_shutdown(mw_loop_t *l);
 void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
 void mw__lua_reload(mw_loop_t *l);
 void mw__lua_profile(mw_loop_t *l, int start);
+void mw__lua_gc(mw_loop_t *l);
 void mw__lua_profile_done(mw_loop_t *l, int from, mw_blob_t *b);
 
 /* ---- process (main.c, cpu.c) -------------------------------------------------------- */

@@ -127,6 +127,9 @@ static void on_async(uv_async_t *a) {
         case MW_MSG_PROFILE:
             mw__lua_profile(l, m->fd);
             break;
+        case MW_MSG_GC:
+            mw__lua_gc(l);
+            break;
         case MW_MSG_PROFILE_DONE:
             mw__lua_profile_done(l, m->fd, m->blob);
             mw__blob_unref(m->blob);
@@ -174,6 +177,10 @@ int mw_profile_result(mw_loop_t *l, const char *p, size_t n) {
     m->blob = b;
     mw__loop_post(mw__admin, m);
     return 0;
+}
+
+void mw_gc_all(void) {
+    mw__loop_post_all(MW_MSG_GC);
 }
 
 void mw_reload_all(void) {

@@ -27,7 +27,8 @@ static const char usage[] =
     "  run SCRIPT            serve the handler SCRIPT\n"
     "  ws SCRIPT             serve a WebSocket handler at / (with --static DIR for files)\n"
     "  reload                reload a running server's handler (--pid, --pid-file, --admin)\n"
-    "  status, top, profile  read a running server's admin listener (--admin HOST:PORT)\n"
+    "  status, top, profile, gc  read or drive a running server's admin listener\n"
+    "                        (--admin HOST:PORT)\n"
     "  help                  show this help\n"
     "  version               show the version\n"
     "\n"
@@ -43,8 +44,8 @@ static const char usage[] =
     "  --drain-timeout MS    on SIGTERM, wait this long for connections (default 5000)\n"
     "  --no-reuseport        one loop accepts and hands connections to the others\n"
     "  --no-watch            do not reload when the handler or its modules change\n"
-    "  --admin HOST:PORT     admin listener: /metrics, /stats, /status, /reload, /profile,\n"
-    "                        /flamegraph and a live dashboard at / (loopback only)\n"
+    "  --admin HOST:PORT     admin listener: /metrics, /stats, /status, /reload, /gc,\n"
+    "                        /profile, /flamegraph and a live dashboard at / (loopback only)\n"
     "  --admin-allow-remote  allow a non-loopback --admin address\n"
     "  --watchdog-ms MS      report a loop stuck in one callback this long (default 1000;\n"
     "                        0 = off)\n"
@@ -236,7 +237,8 @@ void mw__main_notify_exit(void) {
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc > 1 && (strcmp(argv[1], "reload") == 0 || strcmp(argv[1], "status") == 0 ||
-                     strcmp(argv[1], "top") == 0 || strcmp(argv[1], "profile") == 0))
+                     strcmp(argv[1], "top") == 0 || strcmp(argv[1], "profile") == 0 ||
+                     strcmp(argv[1], "gc") == 0))
         return mw__ctl_main(argc, argv);
     mw__config.mode = "run";
     snprintf(mw__config.host, sizeof mw__config.host, "127.0.0.1");

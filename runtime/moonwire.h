@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MW_ABI_VERSION 2
+#define MW_ABI_VERSION 3
 
 typedef struct mw_loop_s mw_loop_t;
 typedef struct mw_conn_s mw_conn_t;
@@ -91,6 +91,7 @@ typedef struct mw_loop_stats_s {
     unsigned long long bytes_in, bytes_out, reads, writes, messages_in, messages_out;
     unsigned long long handler_errors, write_queue_bytes, paused_conns, timers;
     unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
+    unsigned long long lua_live_bytes, gc_forced, gc_forced_before;
     unsigned long long stuck, stuck_ms, spinning_fds;
     char reload_error[512];
     unsigned long long status_seq;
@@ -98,7 +99,12 @@ typedef struct mw_loop_stats_s {
 int mw_stats_nloops(void);
 /* Fills out for loop idx (1..N). Returns 0, or -1 for a bad index. */
 int mw_stats_loop(int idx, mw_loop_stats_t *out);
-void mw_stats_gc_cycle(mw_loop_t *l);
+/* Called by the runtime at the end of every garbage-collector cycle with the heap size then
+ * (what the cycle left live, plus what was allocated while it ran). */
+void mw_stats_gc_cycle(mw_loop_t *l, double heap_bytes);
+/* Bytes the C allocator (malloc) has handed out and not had back, all threads: the C core's
+ * connections, buffers and queues (LuaJIT allocates its heaps on its own). */
+double mw_process_malloc_bytes(void);
 /* Profiler plumbing for the admin listener: start or stop jit.profile inside worker loop
  * loop_id (its own thread), and hand a loop's folded stacks back to the admin loop. */
 int mw_profile_control(int loop_id, int start);
@@ -109,6 +115,9 @@ void mw_loop_set_callback_info(mw_loop_t *l, int ev, const char *info);
 unsigned mw_config_max_callback_ms(void);
 /* Asks every loop to reload (as SIGHUP does). */
 void mw_reload_all(void);
+/* Asks every worker loop to run a full garbage collection between two events; each records
+ * its heap before (gc_forced_before) and after (lua_live_bytes) and counts it (gc_forced). */
+void mw_gc_all(void);
 
 /* Copies n bytes from src to dst XOR-ed with a WebSocket masking key (the four key bytes in
  * memory order, loaded as one uint32); dst may equal src. Returns 1 when every result byte is

@@ -6,6 +6,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <malloc.h>
 #include <string.h>
 
 #define LAG_PROBE_MS 100
@@ -82,6 +83,9 @@ int mw_stats_loop(int idx, mw_loop_stats_t *out) {
     out->lag_max_us = GET(lag_max_us);
     out->lua_bytes = GET(lua_bytes);
     out->gc_cycles = GET(gc_cycles);
+    out->lua_live_bytes = GET(lua_live_bytes);
+    out->gc_forced = GET(gc_forced);
+    out->gc_forced_before = GET(gc_forced_before);
     out->stuck = GET(stuck);
     out->stuck_ms = GET(stuck_ms);
     out->spinning_fds = GET(spinning_fds);
@@ -93,10 +97,16 @@ int mw_stats_loop(int idx, mw_loop_stats_t *out) {
     return 0;
 }
 
+double mw_process_malloc_bytes(void) {
+    struct mallinfo2 mi = mallinfo2();
+    return (double)(mi.uordblks + mi.hblkhd);
+}
+
 mw_lua_stats_t *mw_loop_lua_stats(mw_loop_t *l) {
     return &l->lua_stats;
 }
 
-void mw_stats_gc_cycle(mw_loop_t *l) {
+void mw_stats_gc_cycle(mw_loop_t *l, double heap_bytes) {
     MW_STAT_ADD(l->stats.gc_cycles, 1);
+    atomic_store_explicit(&l->stats.lua_live_bytes, (uint64_t)heap_bytes, memory_order_relaxed);
 }

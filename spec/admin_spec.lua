@@ -153,6 +153,8 @@ local FAMILIES = {
   moonwire_loop_lag_max_seconds = "gauge",
   moonwire_lua_memory_bytes = "gauge",
   moonwire_lua_gc_cycles = "counter",
+  moonwire_lua_live_bytes = "gauge",
+  moonwire_lua_gc_forced = "counter",
   moonwire_stuck_callbacks = "counter",
   moonwire_stuck_callback_seconds = "gauge",
   moonwire_spinning_fds = "gauge",
@@ -160,6 +162,7 @@ local FAMILIES = {
   moonwire_reload_error = "gauge",
   moonwire_process_resident_memory_bytes = "gauge",
   moonwire_process_open_fds = "gauge",
+  moonwire_process_malloc_bytes = "gauge",
   moonwire_process_cpu_seconds = "counter",
   moonwire_process_threads = "gauge",
   moonwire_loops = "gauge",
@@ -179,7 +182,12 @@ describe("admin listener #integration", function()
   end)
 
   it("serves /metrics that a Prometheus parser accepts, with counters that move", function()
-    local before = parse_metrics(get(srv.admin, "/metrics"))
+    -- The start-up probe's connection may still be on its way through accept and close.
+    local before = H.wait_for(function()
+      local m = parse_metrics(get(srv.admin, "/metrics"))
+      return total(m, "moonwire_connections_accepted", "moonwire_connections_accepted_total") >= 1
+        and total(m, "moonwire_connections_open", "moonwire_connections_open") == 0 and m
+    end, 5)
     for name, kind in pairs(FAMILIES) do
       local fam = before[name]
       assert.is_table(fam, "missing family " .. name)
@@ -279,6 +287,66 @@ describe("admin listener #integration", function()
     assert.equal(404, (http(srv.admin, "GET", "/nope")))
     assert.equal(400, (http(srv.admin, "GET", "/profile?seconds=0")))
     assert.equal(400, (http(srv.admin, "GET", "/profile?seconds=1&loop=3")))
+  end)
+end)
+
+-- ---- full garbage collection ------------------------------------------------------------
+
+describe("admin /gc #integration", function()
+  local srv
+
+  setup(function()
+    srv = start("spec/fixtures/gc_pacing.lua", 2)
+  end)
+
+  teardown(function()
+    if srv then
+      srv:stop()
+    end
+  end)
+
+  local function ask(c, line)
+    assert(c:send(line .. "\n"))
+    return c:receive("*l")
+  end
+
+  it("POST /gc and moonwire gc collect every loop and report the heap left", function()
+    -- 200 strings of 1 KB held per loop (equal strings are one copy) and 20 MB of garbage,
+    -- spread over the loops by reuseport.
+    local conns = {}
+    for i = 1, 16 do
+      conns[i] = assert(H.connect(srv.port))
+      assert.equal("held", ask(conns[i], "hold 200"))
+      assert.equal("churned", ask(conns[i], "churn 1300"))
+    end
+    local status, body = http(srv.admin, "POST", "/gc")
+    assert.equal(200, status, body)
+    local fams = parse_metrics(get(srv.admin, "/metrics"))
+    local after = {}
+    for _, s in ipairs(fams.moonwire_lua_live_bytes.samples) do
+      after[tonumber(s.labels.loop)] = s.value
+    end
+    for loop = 1, 2 do
+      local from, to = body:match("loop " .. loop .. ": Lua heap ([%d.]+) KiB %-> ([%d.]+) KiB")
+      assert.is_string(from, body)
+      from, to = tonumber(from), tonumber(to)
+      assert.is_true(to <= from, body)
+      assert.is_true(math.abs(to - after[loop] / 1024) < 0.1, body)
+      assert.equal(1, total(fams, "moonwire_lua_gc_forced", "moonwire_lua_gc_forced_total",
+        { loop = tostring(loop) }))
+    end
+    -- What is held survives, the garbage does not.
+    local live = (after[1] + after[2]) / 1024
+    assert.is_true(live > 200 and live < 4096, "live " .. live .. " KiB")
+
+    local out, rc = H.sh(("%s gc --admin %s"):format(H.bin, srv.admin_addr))
+    assert.equal(0, rc, out)
+    assert.matches("loop 1: Lua heap [%d.]+ KiB %-> [%d.]+ KiB\nloop 2: ", out)
+    fams = parse_metrics(get(srv.admin, "/metrics"))
+    assert.equal(4, total(fams, "moonwire_lua_gc_forced", "moonwire_lua_gc_forced_total")) -- 2 per loop
+    for _, c in ipairs(conns) do
+      c:close()
+    end
   end)
 end)
 

@@ -6,6 +6,7 @@
 --   GET  /status       text: generation and last reload error per loop
 --   GET  /top          text table with rates (what `moonwire top` shows)
 --   POST /reload       reload every loop, answer once each has a result
+--   POST /gc           full garbage collection in every loop: heap before and after
 --   GET  /profile      folded stacks (?seconds=N&loop=K|all)
 --   GET  /flamegraph   the same as an SVG flame graph
 --   GET  /             live dashboard
@@ -32,7 +33,7 @@ local FIELDS = {
   "closed_error", "closed_limit", "closed_local", "bytes_in", "bytes_out", "reads", "writes",
   "messages_in", "messages_out", "handler_errors", "write_queue_bytes", "paused_conns", "timers",
   "iterations", "wakeups", "lag_us", "lag_max_us", "lua_bytes", "gc_cycles", "stuck", "stuck_ms",
-  "spinning_fds",
+  "spinning_fds", "lua_live_bytes", "gc_forced", "gc_forced_before",
 }
 
 local function loop_stats(i)
@@ -91,6 +92,7 @@ local function process_stats()
     threads = tonumber(status:match("Threads:%s+(%d+)")) or 0,
     cpu_seconds = ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / CLK_TCK,
     open_fds = fds,
+    malloc_bytes = tonumber(C.mw_process_malloc_bytes()),
     loops = tonumber(C.mw_stats_nloops()),
   }
 end
@@ -167,6 +169,10 @@ local METRICS = {
   { "moonwire_loop_lag_max_seconds", "gauge", "Largest lag seen.", "lag_max_us", 1e-6 },
   { "moonwire_lua_memory_bytes", "gauge", "Lua heap size.", "lua_bytes" },
   { "moonwire_lua_gc_cycles_total", "counter", "Completed Lua garbage-collector cycles.", "gc_cycles" },
+  { "moonwire_lua_live_bytes", "gauge",
+    "Lua heap when the last garbage-collector cycle ended: live data plus what was allocated during the cycle.",
+    "lua_live_bytes" },
+  { "moonwire_lua_gc_forced_total", "counter", "Full collections asked for with POST /gc.", "gc_forced" },
   { "moonwire_stuck_callbacks_total", "counter", "Callbacks that ran past the watchdog threshold.",
     "stuck" },
   { "moonwire_stuck_callback_seconds", "gauge", "How long the current callback has run, when stuck.",
@@ -214,6 +220,8 @@ local function metrics_text()
   local proc = {
     { "moonwire_process_resident_memory_bytes", "gauge", "Resident set size.", p.rss_bytes },
     { "moonwire_process_open_fds", "gauge", "Open file descriptors.", p.open_fds },
+    { "moonwire_process_malloc_bytes", "gauge",
+      "C heap in use (malloc): connections, buffers, queues; the Lua heaps are apart.", p.malloc_bytes },
     { "moonwire_process_cpu_seconds_total", "counter", "User and system CPU time.", p.cpu_seconds },
     { "moonwire_process_threads", "gauge", "Threads.", p.threads },
     { "moonwire_loops", "gauge", "Worker loops.", p.loops },
@@ -303,6 +311,47 @@ app:post("/reload", function(req, res)
       end
       res:status(ok and 200 or 409)
       res:json { ok = ok, loops = out }
+    end
+  end)
+end)
+
+-- ---- garbage collection -----------------------------------------------------------------
+
+-- A full collection in every worker loop, run between two events like a reload. It answers
+-- what the heap holds once garbage is gone: the figure to compare over time when looking for
+-- a leak (the heap between collections is mostly garbage, by the runtime's GC pacing).
+app:post("/gc", function(req, res)
+  local before = {}
+  for i, l in ipairs(all_loops()) do
+    before[i] = l.gc_forced
+  end
+  C.mw_gc_all()
+  local waited = 0
+  local timer
+  timer = mw.loop.every(10, function()
+    waited = waited + 10
+    local loops = all_loops()
+    local done = true
+    for i, l in ipairs(loops) do
+      if l.gc_forced <= before[i] then
+        done = false
+      end
+    end
+    if done or waited >= 10000 then
+      timer:cancel()
+      local out = {}
+      for i, l in ipairs(loops) do
+        if l.gc_forced > before[i] then
+          out[#out + 1] = format("loop %d: Lua heap %.1f KiB -> %.1f KiB", l.id,
+            l.gc_forced_before / 1024, l.lua_live_bytes / 1024)
+        else
+          out[#out + 1] = format("loop %d: busy, no answer within 10 s", l.id)
+        end
+      end
+      out[#out + 1] = ""
+      res:status(done and 200 or 504)
+      res:set("Content-Type", "text/plain; charset=utf-8")
+      res:send(concat(out, "\n"))
     end
   end)
 end)

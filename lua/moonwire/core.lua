@@ -3,7 +3,7 @@
 -- loudly instead of crashing.
 local ffi = require "ffi"
 
-local _M = { _VERSION = "0.1.0", ABI_VERSION = 2 }
+local _M = { _VERSION = "0.1.0", ABI_VERSION = 3 }
 
 ffi.cdef [[
 typedef struct mw_loop_s mw_loop_t;
@@ -44,13 +44,16 @@ typedef struct mw_loop_stats_s {
     unsigned long long bytes_in, bytes_out, reads, writes, messages_in, messages_out;
     unsigned long long handler_errors, write_queue_bytes, paused_conns, timers;
     unsigned long long iterations, wakeups, lag_us, lag_max_us, lua_bytes, gc_cycles;
+    unsigned long long lua_live_bytes, gc_forced, gc_forced_before;
     unsigned long long stuck, stuck_ms, spinning_fds;
     char reload_error[512];
     unsigned long long status_seq;
 } mw_loop_stats_t;
 int mw_stats_nloops(void);
 int mw_stats_loop(int idx, mw_loop_stats_t *out);
-void mw_stats_gc_cycle(mw_loop_t *l);
+void mw_stats_gc_cycle(mw_loop_t *l, double heap_bytes);
+void mw_gc_all(void);
+double mw_process_malloc_bytes(void);
 void mw_reload_all(void);
 void mw_loop_set_callback_info(mw_loop_t *l, int ev, const char *info);
 unsigned mw_config_max_callback_ms(void);

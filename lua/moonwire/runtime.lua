@@ -489,7 +489,7 @@ function _M.start(lud, id, nloops, script, mode, static_dir, lua_dir)
   local function gc_sentinel()
     local proxy = newproxy(true)
     getmetatable(proxy).__gc = function()
-      C.mw_stats_gc_cycle(loop_ptr)
+      C.mw_stats_gc_cycle(loop_ptr, collectgarbage("count") * 1024)
       gc_pause()
       gc_sentinel()
     end
