@@ -9,7 +9,8 @@ BENCH_UV_CFLAGS := $(shell pkg-config --cflags libuv)
 BENCH_UV_LIBS := $(shell pkg-config --libs libuv)
 
 BENCH_BIN := bench/bin
-BENCH_TOOLS := $(BENCH_BIN)/echo_c $(BENCH_BIN)/http_c $(BENCH_BIN)/ws_c $(BENCH_BIN)/loadgen
+BENCH_TOOLS := $(BENCH_BIN)/echo_c $(BENCH_BIN)/http_c $(BENCH_BIN)/ws_c $(BENCH_BIN)/loadgen \
+	$(BENCH_BIN)/churn
 
 .PHONY: bench-tools bench bench-clean
 
@@ -23,6 +24,9 @@ $(BENCH_BIN)/echo_c $(BENCH_BIN)/http_c: $(BENCH_BIN)/%: bench/%.c | $(BENCH_BIN
 
 $(BENCH_BIN)/ws_c $(BENCH_BIN)/loadgen: $(BENCH_BIN)/%: bench/%.c | $(BENCH_BIN)
 	$(BENCH_CC) $(BENCH_CFLAGS) $(BENCH_UV_CFLAGS) -o $@ $< $(BENCH_UV_LIBS) -lcrypto
+
+$(BENCH_BIN)/churn: bench/churn.c | $(BENCH_BIN)
+	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $<
 
 # Scenarios can be picked with BENCH_ARGS, e.g. make bench BENCH_ARGS="tcp idle".
 bench: bench-tools
