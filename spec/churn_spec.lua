@@ -104,6 +104,13 @@ describe("connection churn #integration", function()
           ("C heap %d KiB after %d cycles, %d KiB after %d"):format(first.malloc_kb, first.cycles,
             last.malloc_kb, last.cycles))
       end
+      -- And it is idle again: no socket left that keeps waking the loop.
+      local cpu0 = H.cpu_seconds(srv.pid)
+      H.sleep(1)
+      local idle = H.cpu_seconds(srv.pid) - cpu0
+      assert.is_true(idle < 0.1, ("%.2f CPU-s over 1 s after the churn"):format(idle))
+      assert.equal(0, metric(admin, "moonwire_spinning_fds"))
+
       -- Peers leaving mid-request are not handler errors.
       local log = srv:log()
       assert.is_nil(log:match("Z error "), log)
