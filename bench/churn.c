@@ -450,9 +450,15 @@ static void usage(void) {
 }
 
 /* Checkpoints in increasing order, each once; the run's end reports anyway. */
-static void parse_checkpoints(char *list) {
-    for (char *t = strtok(list, ","); t; t = strtok(NULL, ",")) {
-        uint64_t v = strtoull(t, NULL, 10);
+static void parse_checkpoints(const char *list) {
+    for (const char *t = list; *t; t += *t == ',') {
+        char *end;
+        uint64_t v = strtoull(t, &end, 10);
+        if (end == t || (*end != ',' && *end != '\0')) {
+            fprintf(stderr, "churn: --checkpoints takes numbers separated by commas\n");
+            exit(2);
+        }
+        t = end;
         if (cf.ncheckpoints == MAX_CHECKPOINTS)
             usage();
         if (v == 0 || (cf.ncheckpoints > 0 && v <= cf.checkpoints[cf.ncheckpoints - 1])) {
