@@ -587,7 +587,8 @@ http_rows() {
         say "| $name | - | server failed to start | | | | | | |"
         return
     fi
-    local req_len conns run
+    local req_len conns run rss0
+    rss0=$(rss_kb "$SERVER_PID")
     # wrk's request: "GET / HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n\r\n".
     req_len=$(printf 'GET / HTTP/1.1\r\nHost: %s:%s\r\n\r\n' "$HOST" "$PORT" | wc -c)
     for conns in 200 8000 16000; do
@@ -650,6 +651,7 @@ http_rows() {
             "$(median "${wrks[@]}")% | $(median "${others[@]}")% | $errs |"
         alive || break
     done
+    RSS_ROWS+=("| $name | $(human_kb "$rss0") | $(human_kb "$(rss_kb "$SERVER_PID")") |")
     stop_server
 }
 
@@ -662,15 +664,33 @@ scenario_http() {
         say "Skipped: wrk is not installed (apt-get install wrk)."
         return
     fi
+    RSS_ROWS=()
     say "| server | conns | open | req/s | server CPU | req per server CPU-s | wrk CPU | other CPU | runs with wrk errors |"
     say "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local moonwire_ok=0
     if moonwire_usable handlers/hello_http.lua; then
+        moonwire_ok=1
         http_rows moonwire "$MOONWIRE" run handlers/hello_http.lua --listen "$HOST:@PORT@" \
             --loops 1 --log-level warn
     fi
     http_rows http_c bench/bin/http_c "$HOST" @PORT@
     if nginx_usable; then
         http_rows nginx nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
+    fi
+    rss_table
+    say ""
+    say "Memory per idle keep-alive connection: $IDLE_CONNS connections, each after one GET"
+    say "(loadgen --mode http-idle), a fresh server per run:"
+    say ""
+    say "| server | connections | held | RSS before | RSS with all held | RSS per idle conn |"
+    say "|---|---|---:|---:|---:|---:|"
+    if [ "$moonwire_ok" = 1 ]; then
+        idle_row moonwire http-idle "$MOONWIRE" run handlers/hello_http.lua --listen "$HOST:@PORT@" \
+            --loops 1 --log-level warn
+    fi
+    idle_row http_c http-idle bench/bin/http_c "$HOST" @PORT@
+    if nginx_usable; then
+        idle_row nginx http-idle nginx -p "$TMP/nginx.@PORT@" -c nginx.conf -e stderr
     fi
     print_notes
 }
