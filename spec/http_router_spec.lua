@@ -344,7 +344,7 @@ describe("http router", function()
             local app = http.router()
             app:get("/", function(_, res) res:send("ok") end)
             local c = fake.new(app)
-            c._http = { v = -1, junk = true }
+            c._http = { -1, junk = true } -- slot 1: the layout version
             c:feed("GET / HTTP/1.1\r\n" .. H .. "\r\n")
             assert.equal("ok", fake.responses(c:output())[1].body)
         end)

@@ -3,6 +3,7 @@
 
 local http = require "moonwire.http"
 local static = require "moonwire.http.static"
+local STREAM = require("moonwire.http.state").STREAM
 local fake = require "fixtures.http_fakeconn"
 
 local function sh(cmd)
@@ -155,7 +156,7 @@ describe("http static", function()
         assert.equal(static.CHUNK, #c.out[2])
         assert.is_true(c.paused)
         local rounds = 0
-        while c._http.stream do
+        while c._http[STREAM] do
             rounds = rounds + 1
             c.congest = true
             c.app.on_drain(c)
@@ -177,10 +178,10 @@ describe("http static", function()
         local c = fake.new(app)
         c.congest = true
         c:feed("GET /assets/big.txt HTTP/1.1\r\nHost: t\r\n\r\n")
-        local s = c._http.stream
+        local s = c._http[STREAM]
         assert.is_true(s.fd >= 0)
         c:finish("reset")
         assert.equal(-1, s.fd)
-        assert.is_nil(c._http.stream)
+        assert.is_nil(c._http[STREAM])
     end)
 end)

@@ -10,7 +10,7 @@
 -- friends.  Everything that belongs to a connection (parse position, the
 -- request being read, the response being written) lives in conn._http, not
 -- in the app, because after a hot reload a new app receives the events of
--- connections that an older app accepted.
+-- connections that an older app accepted.  Its layout is moonwire.http.state.
 
 local ffi = require "ffi"
 local buffer = require "string.buffer"
@@ -18,6 +18,7 @@ local parser = require "moonwire.http.parser"
 local request = require "moonwire.http.request"
 local response = require "moonwire.http.response"
 local router = require "moonwire.http.router"
+local state = require "moonwire.http.state"
 local static = require "moonwire.http.static"
 local connmod = require "moonwire.conn"
 
@@ -44,12 +45,17 @@ local DEFAULTS = {
 }
 _M.DEFAULTS = DEFAULTS
 
--- Timeout modes of a connection (st.tmode).
-local T_HEADER, T_BODY, T_KEEPALIVE, T_BUSY = 1, 2, 3, 4
+-- Timeout modes of a connection (st[S_TMODE]).
+local T_HEADER, T_BODY, T_KEEPALIVE, T_BUSY = state.T_HEADER, state.T_BODY, state.T_KEEPALIVE,
+    state.T_BUSY
 
--- Version of the conn._http layout; a state written by an incompatible
--- older module is replaced between requests.
-local STATE_V = 2
+-- Slots of conn._http (moonwire.http.state).
+local STATE_V, S_V, S_OPTS = state.VERSION, state.V, state.OPTS
+local S_TMODE, S_DEADLINE, S_SCAN, S_REQ, S_CUR = state.TMODE, state.DEADLINE, state.SCAN, state.REQ,
+    state.CUR
+local S_STREAM, S_PAUSED, S_CONGESTED, S_CLOSING = state.STREAM, state.PAUSED, state.CONGESTED,
+    state.CLOSING
+local S_IN_INPUT, S_NEED, S_EXPECT = state.IN_INPUT, state.NEED, state.EXPECT
 
 local function log_error(fmt, ...)
     local ok, mw = pcall(require, "moonwire")
@@ -67,37 +73,20 @@ local function now(conn)
 end
 
 local function new_state(conn, opts)
-    local st = {
-        v = STATE_V,
-        tmode = T_HEADER,
-        deadline = now(conn) + opts.header_timeout,
-        scan = 0,
-        req = nil,
-        cur = nil,
-        stream = nil,
-        paused = false,
-        congested = false,
-        closing = false,
-        in_input = false,
-        need = 0, -- body bytes still to read; -1: a chunked body
-        expect = false, -- answer "100 Continue" before reading the body
-        hdr_ms = opts.header_timeout,
-        ka_ms = opts.keepalive_timeout,
-        max_body = opts.max_body,
-    }
+    local st = state.new(opts, now(conn))
     conn._http = st
     return st
 end
 
 local function set_tmode(conn, st, mode, ms)
-    st.tmode = mode
+    st[S_TMODE] = mode
     conn:set_timeout(ms)
 end
 
 -- Answers a protocol error and closes the connection.
 local function fail(conn, st, code)
-    st.closing = true
-    st.req = nil
+    st[S_CLOSING] = true
+    st[S_REQ] = nil
     if not conn.closed then
         error_response(conn, code)
         conn:close()
@@ -107,25 +96,25 @@ end
 -- Called by the response module when a response is complete.
 local function on_finish(res)
     local st = res._st
-    if st.cur ~= res then
+    if st[S_CUR] ~= res then
         return
     end
-    st.cur = nil
+    st[S_CUR] = nil
     local conn = res.conn
     if res._close then
-        st.closing = true
+        st[S_CLOSING] = true
         if not conn.closed then
             conn:close()
         end
         return
     end
-    if st.tmode ~= T_KEEPALIVE then
-        set_tmode(conn, st, T_KEEPALIVE, st.ka_ms)
+    if st[S_TMODE] ~= T_KEEPALIVE then
+        set_tmode(conn, st, T_KEEPALIVE, st[S_OPTS].keepalive_timeout)
     end
-    if st.paused and not st.congested and not st.in_input then
+    if st[S_PAUSED] and not st[S_CONGESTED] and not st[S_IN_INPUT] then
         -- Requests that arrived meanwhile are still buffered in the core;
         -- resuming presents them again.  Last, as it may re-enter on_input.
-        st.paused = false
+        st[S_PAUSED] = false
         conn:resume()
     end
 end
@@ -140,10 +129,10 @@ local function route_error(res, err)
     local st, conn = res._st, res.conn
     if res.headers_sent then
         -- Part of the body is out; the only honest end is to close.
-        st.cur = nil
-        st.closing = true
-        if st.stream then
-            static.close_stream(st, st.stream)
+        st[S_CUR] = nil
+        st[S_CLOSING] = true
+        if st[S_STREAM] then
+            static.close_stream(st, st[S_STREAM])
         end
         if not conn.closed then
             conn:close()
@@ -203,8 +192,8 @@ local function upgrade(conn, req, res, route)
     if conn._ws then
         local st = conn._http
         st.ws_route = route
-        if st.cur == res then
-            st.cur = nil
+        if st[S_CUR] == res then
+            st[S_CUR] = nil
         end
     end
 end
@@ -246,7 +235,7 @@ local function run(app, req, res)
 end
 
 -- Works out what the parsed head means: the path, keep-alive, and the body
--- framing, which goes to the connection state (st.need, st.expect) rather
+-- framing, which goes to the connection state (st[S_NEED], st[S_EXPECT]) rather
 -- than the request, so that a request keeps to the eight fields its
 -- constructor sizes it for.  Returns nil, or an error status.
 local function prepare(req, st)
@@ -315,18 +304,18 @@ local function prepare(req, st)
         if lower(te) ~= "chunked" then
             return 501
         end
-        st.need = -1
+        st[S_NEED] = -1
     elseif cl then
         local n = parser.content_length(cl)
         if not n then
             return 400
         end
-        if n > st.max_body then
+        if n > st[S_OPTS].max_body then
             return 413
         end
-        st.need = n
+        st[S_NEED] = n
     else
-        st.need = 0
+        st[S_NEED] = 0
     end
 
     local expect = h.expect
@@ -334,16 +323,16 @@ local function prepare(req, st)
         if lower(expect) ~= "100-continue" then
             return 417
         end
-        st.expect = req.minor == 1
+        st[S_EXPECT] = req.minor == 1
     else
-        st.expect = false
+        st[S_EXPECT] = false
     end
     return nil
 end
 
 local function dispatch(app, conn, st, req)
     local res = new_response(conn, st, req, req.keepalive)
-    st.cur = res
+    st[S_CUR] = res
     connmod.count_in(1)
     connmod.count_out(1)
     local ok, err = xpcall(run, traceback, app, req, res)
@@ -352,12 +341,12 @@ local function dispatch(app, conn, st, req)
     end
 end
 
--- Reads body bytes for st.req from buf[pos, len).  Returns new pos and
+-- Reads body bytes for st[S_REQ] from buf[pos, len).  Returns new pos and
 -- true when the body is complete, or nil, status.
 local function read_body(st, req, buf, pos, len)
-    if st.need < 0 then
+    if st[S_NEED] < 0 then
         local ch = st.ch
-        local npos, done = parser.dechunk(ch, buf, pos, len, st.max_body)
+        local npos, done = parser.dechunk(ch, buf, pos, len, st[S_OPTS].max_body)
         if not npos then
             return nil, done
         end
@@ -367,7 +356,7 @@ local function read_body(st, req, buf, pos, len)
         end
         return npos, done
     end
-    local need = st.need
+    local need = st[S_NEED]
     local avail = len - pos
     local body = st.body
     if body == nil and avail >= need then
@@ -380,8 +369,8 @@ local function read_body(st, req, buf, pos, len)
     end
     local take = avail < need and avail or need
     body:putcdata(buf + pos, take)
-    st.need = need - take
-    if st.need == 0 then
+    st[S_NEED] = need - take
+    if st[S_NEED] == 0 then
         req.body = body:tostring()
         st.body = nil
         return pos + take, true
@@ -402,39 +391,39 @@ end
 local CONTINUE, STOP, RETURN = 1, 2, 3
 
 local function one_request(app, conn, st, buf, pos, len)
-    if st.cur or st.congested then
+    if st[S_CUR] or st[S_CONGESTED] then
         -- A response is still being produced: keep the rest in the
         -- core's buffer, and stop reading, until it is done.
-        if not st.paused then
-            st.paused = true
+        if not st[S_PAUSED] then
+            st[S_PAUSED] = true
             conn:pause()
         end
         return pos, STOP
     end
-    local req = st.req
+    local req = st[S_REQ]
     if req == nil then
         local p, avail = buf + pos, len - pos
         local c = p[0]
-        if (c == 13 or c == 10) and st.scan == 0 then
+        if (c == 13 or c == 10) and st[S_SCAN] == 0 then
             -- Empty lines before a request line are ignored (RFC 9112 2.2).
             return pos + 1, CONTINUE
         end
-        if st.tmode == T_HEADER and now(conn) >= st.deadline then
+        if st[S_TMODE] == T_HEADER and now(conn) >= st[S_DEADLINE] then
             fail(conn, st, 408)
             return pos, STOP
         end
-        if st.scan > 0 then
+        if st[S_SCAN] > 0 then
             -- The head was incomplete last time: parse only once its
             -- blank line is here, so a slow client costs O(n).
-            local e, scan = find_blank(p, avail, st.scan)
+            local e, scan = find_blank(p, avail, st[S_SCAN])
             if e == 0 then
-                st.scan = scan
+                st[S_SCAN] = scan
                 local status = check_partial(p, avail)
                 if status then
                     fail(conn, st, status)
                     return pos, STOP
                 end
-                local left = st.deadline - now(conn)
+                local left = st[S_DEADLINE] - now(conn)
                 conn:set_timeout(left > 1 and left or 1)
                 return pos, STOP
             end
@@ -447,12 +436,12 @@ local function one_request(app, conn, st, buf, pos, len)
         }, req_mt)
         local n = parse_head(p, avail, req)
         if n == 0 then
-            st.scan = avail
-            if st.tmode ~= T_HEADER then
-                st.deadline = now(conn) + st.hdr_ms
-                set_tmode(conn, st, T_HEADER, st.hdr_ms)
+            st[S_SCAN] = avail
+            if st[S_TMODE] ~= T_HEADER then
+                st[S_DEADLINE] = now(conn) + st[S_OPTS].header_timeout
+                set_tmode(conn, st, T_HEADER, st[S_OPTS].header_timeout)
             else
-                local left = st.deadline - now(conn)
+                local left = st[S_DEADLINE] - now(conn)
                 conn:set_timeout(left > 1 and left or 1)
             end
             return pos, STOP
@@ -460,23 +449,23 @@ local function one_request(app, conn, st, buf, pos, len)
             fail(conn, st, -n)
             return pos, STOP
         end
-        st.scan = 0
+        st[S_SCAN] = 0
         pos = pos + n
         local status = prepare(req, st)
         if status then
             fail(conn, st, status)
             return pos, STOP
         end
-        if st.need == 0 then
+        if st[S_NEED] == 0 then
             req.body = ""
         else
-            st.req = req
-            if st.need < 0 then
+            st[S_REQ] = req
+            if st[S_NEED] < 0 then
                 st.ch = { state = 0, left = 0, size = 0, tsize = 0, body = buffer.new() }
             end
         end
     end
-    if st.req then
+    if st[S_REQ] then
         local npos, done = read_body(st, req, buf, pos, len)
         if not npos then
             fail(conn, st, done)
@@ -484,24 +473,24 @@ local function one_request(app, conn, st, buf, pos, len)
         end
         pos = npos
         if not done then
-            if st.expect then
-                st.expect = false
+            if st[S_EXPECT] then
+                st[S_EXPECT] = false
                 conn:write("HTTP/1.1 100 Continue\r\n\r\n")
             end
-            if st.tmode ~= T_BODY then
-                set_tmode(conn, st, T_BODY, st.hdr_ms)
+            if st[S_TMODE] ~= T_BODY then
+                set_tmode(conn, st, T_BODY, st[S_OPTS].header_timeout)
             end
             return pos, STOP
         end
-        st.req = nil
+        st[S_REQ] = nil
     end
     dispatch(app, conn, st, req)
-    if st.closing then
+    if st[S_CLOSING] then
         return pos, STOP
     end
     if conn._ws then
         -- Bytes after the upgrade request belong to the WebSocket.
-        st.in_input = false
+        st[S_IN_INPUT] = false
         if pos < len then
             local n = ws_module().input(conn, buf + pos, len - pos, ws_route_of(app, conn))
             if type(n) ~= "number" or n < 0 then
@@ -511,8 +500,8 @@ local function one_request(app, conn, st, buf, pos, len)
         end
         return pos, RETURN, pos
     end
-    if st.cur and st.tmode ~= T_BUSY then
-        set_tmode(conn, st, T_BUSY, st.ka_ms)
+    if st[S_CUR] and st[S_TMODE] ~= T_BUSY then
+        set_tmode(conn, st, T_BUSY, st[S_OPTS].keepalive_timeout)
     end
     return pos, CONTINUE
 end
@@ -523,14 +512,14 @@ local function on_input(app, conn, buf, len)
     end
     local opts = app.opts
     local st = conn._http
-    if st == nil or st.v ~= STATE_V then
+    if st == nil or st[S_V] ~= STATE_V then
         st = new_state(conn, opts)
     end
-    if st.closing then
+    if st[S_CLOSING] then
         return len
     end
-    st.hdr_ms, st.ka_ms, st.max_body = opts.header_timeout, opts.keepalive_timeout, opts.max_body
-    st.in_input = true
+    st[S_OPTS] = opts -- a reloaded app's options apply from its first event
+    st[S_IN_INPUT] = true
     local pos, act, ret = one_request(app, conn, st, buf, 0, len)
     while act == CONTINUE and pos < len do
         pos, act, ret = one_request(app, conn, st, buf, pos, len)
@@ -538,8 +527,8 @@ local function on_input(app, conn, buf, len)
     if act == RETURN then
         return ret
     end
-    st.in_input = false
-    if st.closing then
+    st[S_IN_INPUT] = false
+    if st[S_CLOSING] then
         return len
     end
     return pos
@@ -547,7 +536,7 @@ end
 
 local function on_open(app, conn)
     local st = new_state(conn, app.opts)
-    conn:set_timeout(st.hdr_ms)
+    conn:set_timeout(st[S_OPTS].header_timeout)
 end
 
 local function on_drain(app, conn)
@@ -558,18 +547,18 @@ local function on_drain(app, conn)
     if not st then
         return
     end
-    local s = st.stream
+    local s = st[S_STREAM]
     if s then
         return static.pump(conn, st, s)
     end
-    local res = st.cur
+    local res = st[S_CUR]
     if res and res._ondrain then
         res._ondrain(res)
     end
-    if st.congested then
-        st.congested = false
-        if st.paused and not st.cur and not conn.closed then
-            st.paused = false
+    if st[S_CONGESTED] then
+        st[S_CONGESTED] = false
+        if st[S_PAUSED] and not st[S_CUR] and not conn.closed then
+            st[S_PAUSED] = false
             conn:resume()
         end
     end
@@ -583,21 +572,21 @@ local function on_timeout(app, conn)
     if not st then
         return conn:close()
     end
-    if st.cur then
-        local s = st.stream
+    if st[S_CUR] then
+        local s = st[S_STREAM]
         if s and s.sent ~= s.mark then
             -- A file is still flowing out: silence on the read side is fine.
             s.mark = s.sent
-            conn:set_timeout(st.ka_ms)
+            conn:set_timeout(st[S_OPTS].keepalive_timeout)
             return
         end
-        st.closing = true
+        st[S_CLOSING] = true
         return conn:close()
     end
-    if st.req or st.scan > 0 then
+    if st[S_REQ] or st[S_SCAN] > 0 then
         return fail(conn, st, 408)
     end
-    st.closing = true
+    st[S_CLOSING] = true
     return conn:close()
 end
 
@@ -609,14 +598,14 @@ local function on_close(app, conn, reason)
     if not st then
         return
     end
-    st.closing = true
-    if st.stream then
-        static.close_stream(st, st.stream)
+    st[S_CLOSING] = true
+    if st[S_STREAM] then
+        static.close_stream(st, st[S_STREAM])
     end
-    local res = st.cur
+    local res = st[S_CUR]
     if res then
         res.aborted = true
-        st.cur = nil
+        st[S_CUR] = nil
     end
 end
 

@@ -12,6 +12,7 @@ local setmetatable, tostring, tonumber, type, error = setmetatable, tostring, to
 local lower, find, format = string.lower, string.find, string.format
 local os_date = os.date
 local clear = require "table.clear"
+local S_CONGESTED = require("moonwire.http.state").CONGESTED
 
 ffi.cdef [[
 long mw_http_time(void *t) __asm__("time");
@@ -301,7 +302,7 @@ function Res:send(body)
     end
     local ok = flush(self.conn, b)
     if ok == false then
-        self._st.congested = true
+        self._st[S_CONGESTED] = true
     end
     complete(self)
     return self
@@ -380,7 +381,7 @@ function Res:finish()
     if self._chunked and not self._head then
         local ok = self.conn:write("0\r\n\r\n")
         if ok == false then
-            self._st.congested = true
+            self._st[S_CONGESTED] = true
         end
     end
     complete(self)

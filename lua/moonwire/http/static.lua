@@ -12,6 +12,7 @@
 local ffi = require "ffi"
 local parser = require "moonwire.http.parser"
 local response = require "moonwire.http.response"
+local state = require "moonwire.http.state"
 
 local find, sub, byte, lower, format, gmatch = string.find, string.sub, string.byte, string.lower, string.format,
     string.gmatch
@@ -30,6 +31,9 @@ local chunk_buf = ffi.new("uint8_t[?]", CHUNK)
 
 local stdlib = require "posix.stdlib"
 local pstat = require "posix.sys.stat"
+
+local S_STREAM, S_CLOSING = state.STREAM, state.CLOSING
+
 local realpath = stdlib.realpath
 
 local _M = { _VERSION = "0.1.0", CHUNK = CHUNK }
@@ -137,8 +141,8 @@ local function close_stream(st, s)
         C.mw_http_close(s.fd)
         s.fd = -1
     end
-    if st.stream == s then
-        st.stream = nil
+    if st[S_STREAM] == s then
+        st[S_STREAM] = nil
     end
 end
 _M.close_stream = close_stream
@@ -153,7 +157,7 @@ function _M.pump(conn, st, s)
             -- The file shrank or failed under us: the promised length
             -- cannot be met, so the connection must end.
             close_stream(st, s)
-            st.closing = true
+            st[S_CLOSING] = true
             conn:close()
             return
         end
@@ -201,7 +205,7 @@ function _M.serve(req, res, root, raw, opts)
     if res._head or size == 0 then
         s.left = 0
     end
-    cst.stream = s
+    cst[S_STREAM] = s
     return _M.pump(res.conn, cst, s)
 end
 
