@@ -279,14 +279,19 @@ app:get("/top", function(req, res)
   res:send(concat(out, "\n"))
 end)
 
--- ---- reload ------------------------------------------------------------------------------
+-- ---- asking every loop -----------------------------------------------------------------
 
-app:post("/reload", function(req, res)
+-- Asks every worker loop for something (ask() posts the request) and calls
+-- answer(loops, done, before) once each loop's counter `field` has moved past its value at
+-- the time of asking, or after limit_ms with done = false. A loop answers between two events,
+-- so a loop busy in a long callback is late; the counter, not the loop's other fields, tells
+-- a fresh answer from what an earlier request left.
+local function ask_loops(field, ask, limit_ms, answer)
   local before = {}
   for i, l in ipairs(all_loops()) do
-    before[i] = l.status_seq
+    before[i] = l[field]
   end
-  C.mw_reload_all()
+  ask()
   local waited = 0
   local timer
   timer = mw.loop.every(10, function()
@@ -294,24 +299,32 @@ app:post("/reload", function(req, res)
     local loops = all_loops()
     local done = true
     for i, l in ipairs(loops) do
-      -- A loop has answered when it has set its status since the request. Its generation and
-      -- error alone cannot tell: an error left by an earlier failed reload looks the same as a
-      -- new one, and a loop busy in a long callback would be reported with that stale error.
-      if l.status_seq <= before[i] then
+      if l[field] <= before[i] then
         done = false
       end
     end
-    if done or waited >= 5000 then
+    if done or waited >= limit_ms then
       timer:cancel()
-      local out = {}
-      local ok = true
-      for _, l in ipairs(loops) do
-        out[#out + 1] = { loop = l.id, generation = l.generation, error = l.reload_error }
-        ok = ok and not l.reload_error and done
-      end
-      res:status(ok and 200 or 409)
-      res:json { ok = ok, loops = out }
+      answer(loops, done, before)
     end
+  end)
+end
+
+-- ---- reload ------------------------------------------------------------------------------
+
+-- A loop has answered when it has set its status since the request. Its generation and error
+-- alone cannot tell: an error left by an earlier failed reload looks the same as a new one,
+-- and a loop busy in a long callback would be reported with that stale error.
+app:post("/reload", function(req, res)
+  ask_loops("status_seq", C.mw_reload_all, 5000, function(loops, done)
+    local out = {}
+    local ok = true
+    for _, l in ipairs(loops) do
+      out[#out + 1] = { loop = l.id, generation = l.generation, error = l.reload_error }
+      ok = ok and not l.reload_error and done
+    end
+    res:status(ok and 200 or 409)
+    res:json { ok = ok, loops = out }
   end)
 end)
 
@@ -321,38 +334,20 @@ end)
 -- what the heap holds once garbage is gone: the figure to compare over time when looking for
 -- a leak (the heap between collections is mostly garbage, by the runtime's GC pacing).
 app:post("/gc", function(req, res)
-  local before = {}
-  for i, l in ipairs(all_loops()) do
-    before[i] = l.gc_forced
-  end
-  C.mw_gc_all()
-  local waited = 0
-  local timer
-  timer = mw.loop.every(10, function()
-    waited = waited + 10
-    local loops = all_loops()
-    local done = true
+  ask_loops("gc_forced", C.mw_gc_all, 10000, function(loops, done, before)
+    local out = {}
     for i, l in ipairs(loops) do
-      if l.gc_forced <= before[i] then
-        done = false
+      if l.gc_forced > before[i] then
+        out[#out + 1] = format("loop %d: Lua heap %.1f KiB -> %.1f KiB", l.id,
+          l.gc_forced_before / 1024, l.lua_live_bytes / 1024)
+      else
+        out[#out + 1] = format("loop %d: busy, no answer within 10 s", l.id)
       end
     end
-    if done or waited >= 10000 then
-      timer:cancel()
-      local out = {}
-      for i, l in ipairs(loops) do
-        if l.gc_forced > before[i] then
-          out[#out + 1] = format("loop %d: Lua heap %.1f KiB -> %.1f KiB", l.id,
-            l.gc_forced_before / 1024, l.lua_live_bytes / 1024)
-        else
-          out[#out + 1] = format("loop %d: busy, no answer within 10 s", l.id)
-        end
-      end
-      out[#out + 1] = ""
-      res:status(done and 200 or 504)
-      res:set("Content-Type", "text/plain; charset=utf-8")
-      res:send(concat(out, "\n"))
-    end
+    out[#out + 1] = ""
+    res:status(done and 200 or 504)
+    res:set("Content-Type", "text/plain; charset=utf-8")
+    res:send(concat(out, "\n"))
   end)
 end)
 
