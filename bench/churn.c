@@ -261,6 +261,18 @@ static void close_in_style(slot_t *s) {
     s->state = C_DRAINING;
 }
 
+/* Connected (and, on WebSocket, upgraded): cut the message short, or start the exchange. */
+static void begin_exchange(slot_t *s) {
+    if (s->style == S_PARTIAL) {
+        send_partial(s);
+        finish_cycle(s, 1);
+        return;
+    }
+    s->state = C_EXCHANGE;
+    if (send_message(s) < 0)
+        finish_cycle(s, 1);
+}
+
 static void on_connected(slot_t *s) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -282,14 +294,7 @@ static void on_connected(slot_t *s) {
             finish_cycle(s, 1);
         return;
     }
-    if (s->style == S_PARTIAL) {
-        send_partial(s);
-        finish_cycle(s, 1);
-        return;
-    }
-    s->state = C_EXCHANGE;
-    if (send_message(s) < 0)
-        finish_cycle(s, 1);
+    begin_exchange(s);
 }
 
 static void on_readable(slot_t *s) {
@@ -325,14 +330,7 @@ static void on_readable(slot_t *s) {
         return;
     if (s->state == C_HANDSHAKE) {
         s->got = 0;
-        if (s->style == S_PARTIAL) {
-            send_partial(s);
-            finish_cycle(s, 1);
-            return;
-        }
-        s->state = C_EXCHANGE;
-        if (send_message(s) < 0)
-            finish_cycle(s, 1);
+        begin_exchange(s);
         return;
     }
     close_in_style(s);
