@@ -373,6 +373,8 @@ void mw__lua_publish(mw_loop_t *l, mw_blob_t *b);
 void mw__lua_reload(mw_loop_t *l);
 void mw__lua_profile(mw_loop_t *l, int start);
 void mw__lua_gc(mw_loop_t *l);
+/* The loop's Lua heap in bytes (its own thread only). */
+uint64_t mw__lua_heap_bytes(mw_loop_t *l);
 void mw__lua_profile_done(mw_loop_t *l, int from, mw_blob_t *b);
 
 /* ---- process (main.c, cpu.c) -------------------------------------------------------- */

@@ -151,8 +151,8 @@ static int full_gc(lua_State *L) {
     return 0;
 }
 
-static uint64_t heap_bytes(lua_State *L) {
-    return (uint64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (uint64_t)lua_gc(L, LUA_GCCOUNTB, 0);
+uint64_t mw__lua_heap_bytes(mw_loop_t *l) {
+    return (uint64_t)lua_gc(l->L, LUA_GCCOUNT, 0) * 1024 + (uint64_t)lua_gc(l->L, LUA_GCCOUNTB, 0);
 }
 
 /* A full collection asked for by the admin listener (POST /gc). Run protected: a finalizer
@@ -161,14 +161,14 @@ void mw__lua_gc(mw_loop_t *l) {
     lua_State *L = l->L;
     if (L == NULL)
         return;
-    uint64_t before = heap_bytes(L);
+    uint64_t before = mw__lua_heap_bytes(l);
     lua_pushcfunction(L, full_gc);
     if (lua_pcall(L, 0, 0, SLOT_TRACEBACK) != 0) {
         const char *msg = lua_tostring(L, -1);
         MW_LOG(MW_LOG_ERROR, l->id, "garbage collection: a finalizer failed: %s", msg ? msg : "?");
     }
     lua_settop(L, SLOT_DISPATCH);
-    uint64_t after = heap_bytes(L);
+    uint64_t after = mw__lua_heap_bytes(l);
     atomic_store_explicit(&l->stats.gc_forced_before, before, memory_order_relaxed);
     atomic_store_explicit(&l->stats.lua_live_bytes, after, memory_order_relaxed);
     atomic_store_explicit(&l->stats.lua_bytes, after, memory_order_relaxed);

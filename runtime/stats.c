@@ -4,8 +4,6 @@
  * read snapshots with mw_stats_loop. */
 #include "internal.h"
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <malloc.h>
 #include <string.h>
 
@@ -24,12 +22,8 @@ static void on_lag_probe(uv_timer_t *t) {
 
 static void on_sample(uv_timer_t *t) {
     mw_loop_t *l = t->data;
-    if (l->L) {
-        int kb = lua_gc(l->L, LUA_GCCOUNT, 0);
-        int b = lua_gc(l->L, LUA_GCCOUNTB, 0);
-        atomic_store_explicit(&l->stats.lua_bytes, (uint64_t)kb * 1024 + (uint64_t)b,
-                              memory_order_relaxed);
-    }
+    if (l->L)
+        atomic_store_explicit(&l->stats.lua_bytes, mw__lua_heap_bytes(l), memory_order_relaxed);
     l->lag_armed_ns = uv_hrtime();
     uv_timer_start(&l->lag_timer, on_lag_probe, LAG_PROBE_MS, 0);
 }
