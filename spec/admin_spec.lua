@@ -305,10 +305,7 @@ describe("admin /gc #integration", function()
     end
   end)
 
-  local function ask(c, line)
-    assert(c:send(line .. "\n"))
-    return c:receive("*l")
-  end
+  local ask = H.ask
 
   it("POST /gc and moonwire gc collect every loop and report the heap left", function()
     -- 200 strings of 1 KB held per loop (equal strings are one copy) and 20 MB of garbage,

@@ -2,7 +2,7 @@
 -- reset, half-close, a request cut short, a bare TCP probe) leave the server with the memory,
 -- descriptors and connection count it had after the first thousand. bench/churn is the
 -- client; `make bench` runs the same for a million cycles (docs/BENCHMARKS.md).
-local H = require "spec.helper"
+local H = require "helper"
 
 local CYCLES = 30000
 local sanitizer = os.getenv("MOONWIRE_SANITIZER") ~= nil

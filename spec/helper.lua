@@ -231,6 +231,12 @@ function H.one_per_loop(port, loops, loop_of, tries)
   error(("connections reached %d of %d loops"):format(found, loops), 2)
 end
 
+--- Sends one line and returns the line that answers it (a failed read fails the spec).
+function H.ask(c, line)
+  assert(c:send(line .. "\n"))
+  return assert(c:receive("*l"))
+end
+
 --- Reads exactly n bytes (or until timeout); returns the data or nil, err, partial.
 function H.recv_exact(c, n)
   local data, err, partial = c:receive(n)

@@ -72,10 +72,7 @@ local function save_in_pieces(path, text)
   f:close()
 end
 
-local function ask(c, line)
-  assert(c:send(line .. "\n"))
-  return assert(c:receive("*l"))
-end
+local ask = H.ask
 
 local function loop_of(c)
   return tonumber(ask(c, "q"):match("loop=(%d+)"))
